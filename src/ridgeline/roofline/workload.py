@@ -1,0 +1,471 @@
+"""The Workload IR: every operator of prefill and decode with its FLOPs and bytes by tensor kind.
+
+Conventions (tested on hand-countable configs): 1 MAC = 2 FLOPs everywhere; causal attention counts
+each query against its own prefix; KV traffic uses the KV heads; the embedding is a lookup (bytes of
+the rows touched, no FLOPs); a tied embedding is streamed once, as the lm_head. Decode is integrated
+exactly over its steps: step j processes one token per sequence with P + j tokens already cached.
+Per-step quantities are numpy arrays over steps (length 1 when they do not depend on the context).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ridgeline.errors import RidgelineError
+from ridgeline.specs.formats import NumberFormat, get_format
+from ridgeline.specs.model import Layer, ModelSpec
+from ridgeline.specs.recipes import RecipeContext, is_recipe, tensor_type
+from ridgeline.specs.scenario import Precision, Scenario
+
+KINDS = ("weights", "activations", "kv_read", "kv_write")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Accounting switches; defaults describe a fused-attention runtime that keeps only the last logits."""
+
+    attention: str = "fused"  # "fused": scores never leave registers; "unfused": scores written and read
+    # "unfused": every op reads its inputs and writes its outputs (upper bound); "block": per layer
+    # a·s·(4h + 2f), each block's input and output plus the MLP intermediate (roofline.md's golden
+    # convention); "fused": none (lower bound)
+    activation_traffic: str = "unfused"
+    causal: bool = True  # False: every query attends all keys (LLM-Viewer/GenZ upper bound)
+    logits: str = "last"  # "last": lm_head on the last position only (llama.cpp); "all": every position
+    mla_cache: str = "latent"  # "latent": (d_c + d_r) per token; "decompressed": per-head K and V as HF holds
+    mla_decode: str = "absorbed"  # "absorbed": weight-absorbed attention over the latent; "naive": materialised
+    softmax_ops: int = 5
+    norm_ops: int = 7
+    glu_ops: int = 4  # SiLU(gate)·up per element
+    gelu_ops: int = 8
+    rope_ops: int = 3  # per rotated element: two multiplies and an add
+    residual_ops: int = 1
+
+    def __post_init__(self) -> None:
+        choices = {"attention": ("fused", "unfused"), "activation_traffic": ("fused", "block", "unfused"),
+                   "logits": ("last", "all"), "mla_cache": ("latent", "decompressed"),
+                   "mla_decode": ("absorbed", "naive")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise RidgelineError(f"option {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.mla_cache == "decompressed" and self.mla_decode == "absorbed":
+            object.__setattr__(self, "mla_decode", "naive")  # absorption needs the latent cache
+
+
+@dataclass
+class Operator:
+    """One operator of a phase, per instance and per step; `count` instances (layers) share it."""
+
+    name: str
+    kind: str  # "gemm" | "attention" | "elementwise" | "lookup"
+    group: str  # "model" or the layer group's label
+    count: int
+    flops: np.ndarray
+    bytes: dict[str, np.ndarray]
+
+    def total_flops(self, steps: int) -> float:
+        """FLOPs over all instances and steps."""
+        return self.count * _sum(self.flops, steps)
+
+    def total_bytes(self, steps: int) -> dict[str, float]:
+        """Bytes by kind over all instances and steps."""
+        return {k: self.count * _sum(v, steps) for k, v in self.bytes.items()}
+
+    def step_bytes(self) -> np.ndarray:
+        """All bytes of one instance per step."""
+        return sum(self.bytes.values())
+
+
+@dataclass
+class Phase:
+    """Prefill or decode: `steps` forward passes, each over `tokens_per_step` new tokens (batch included)."""
+
+    name: str
+    steps: int
+    tokens_per_step: int
+    contexts: np.ndarray  # tokens already cached, per step
+    ops: list[Operator]
+
+    @property
+    def flops(self) -> float:
+        """Total FLOPs of the phase."""
+        return sum(op.total_flops(self.steps) for op in self.ops)
+
+    def bytes_by_kind(self) -> dict[str, float]:
+        """Total bytes of the phase split into weights, activations, KV reads and KV writes."""
+        out = dict.fromkeys(KINDS, 0.0)
+        for op in self.ops:
+            for k, v in op.total_bytes(self.steps).items():
+                out[k] += v
+        return out
+
+    def step_flops(self) -> np.ndarray:
+        """FLOPs of each step (all operators)."""
+        return sum(op.count * np.broadcast_to(op.flops, (self.steps,)) for op in self.ops)
+
+    def step_bytes(self) -> np.ndarray:
+        """Bytes of each step (all operators)."""
+        return sum(op.count * np.broadcast_to(op.step_bytes(), (self.steps,)) for op in self.ops)
+
+
+@dataclass
+class Workload:
+    """What one scenario asks of the hardware, independent of any device."""
+
+    model: ModelSpec
+    scenario: Scenario
+    precision: Precision
+    options: Options
+    prefill: Phase
+    decode: Phase
+    weights_bytes: float
+    kv_bytes: float  # KV cache at the final context, whole batch
+    activation_bytes: float  # peak transient activations (prefill estimate)
+    kv_bytes_per_token: float  # one sequence, all layers, one more token (no window clipping)
+    tensor_formats: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def phases(self) -> tuple[Phase, Phase]:
+        """Prefill and decode."""
+        return self.prefill, self.decode
+
+
+def _sum(x: np.ndarray, steps: int) -> float:
+    return float(x.sum()) if x.size > 1 else float(x.reshape(-1)[0]) * steps
+
+
+# ---------------------------------------------------------------------------------------------
+# weight formats per tensor
+
+
+def tensor_formats(model: ModelSpec, precision: Precision) -> dict[str, tuple[NumberFormat, int]]:
+    """For every weight tensor: its format and exact bytes under `precision.weights`."""
+    tensors = model.tensors()
+    out: dict[str, tuple[NumberFormat, int]] = {}
+    if precision.weights == "stored":
+        if model.gguf_tensors is None:
+            raise RidgelineError("weights 'stored' needs a GGUF model (its tensor table holds the types)")
+        for t in tensors:
+            out[t.name] = (_ggml_or_float(t.ggml_type or "f32"), int(t.nbytes or 0))
+        return out
+    if is_recipe(precision.weights):
+        att0 = model.layers[0].attention
+        ctx = RecipeContext(n_layers=model.n_layers,
+                            n_experts=max((l.moe.n_experts for l in model.layers if l.moe), default=0),
+                            n_gqa=max(att0.n_heads // max(att0.n_kv_heads, 1), 1),
+                            has_output=not model.tied)
+        for t in tensors:
+            fmt = _ggml_or_float(tensor_type(precision.weights, t.name, t.shape, ctx))
+            out[t.name] = (fmt, fmt.tensor_bytes(t.shape, t.name))
+        return out
+    weight_fmt = get_format(precision.weights)
+    dense = weight_fmt if weight_fmt.family == "float" else get_format(precision.acts)
+    if dense.family != "float":
+        dense = get_format("bf16")
+    for t in tensors:
+        fmt = weight_fmt if len(t.shape) >= 2 else dense  # 1-D tensors (norms, biases) stay unquantized
+        out[t.name] = (fmt, fmt.tensor_bytes(t.shape, t.name))
+    return out
+
+
+def _ggml_or_float(name: str) -> NumberFormat:
+    return get_format({"f32": "fp32", "f16": "fp16"}.get(name, name))
+
+
+# ---------------------------------------------------------------------------------------------
+# building the workload
+
+
+def build_workload(model: ModelSpec, scenario: Scenario, precision: Precision | None = None,
+                   options: Options | None = None) -> Workload:
+    """Count every operator of the scenario's prefill and decode phases."""
+    precision = precision or Precision()
+    options = options or Options()
+    fmts = tensor_formats(model, precision)
+    a = get_format(precision.acts).bits / 8.0
+    kv_fmt = get_format(precision.kv)
+    tbytes: dict[int | None, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for t in model.tensors():
+        tbytes[t.layer][t.role] += fmts[t.name][1]
+    b, P, N = scenario.batch, scenario.prompt, scenario.generate
+    ctx = _Ctx(model, options, kv_fmt, a, b)
+    for layer in {l.attention for l in model.layers}:
+        for d in _kv_row_lengths(layer):
+            kv_fmt.check_row(d, f"KV cache ({precision.kv})")
+
+    groups = _group_layers(model, tbytes)
+    phases = []
+    for name, s, contexts in (("prefill", P, np.array([0])), ("decode", 1, P + np.arange(max(N, 0)))):
+        steps = len(contexts)
+        ops: list[Operator] = []
+        if steps:
+            ops += ctx.model_ops(s, tbytes[None], fmts, name)
+            for label, idx, layer in groups:
+                ops += ctx.layer_ops(layer, s, contexts, tbytes[idx[0]], label, len(idx), name)
+        phases.append(Phase(name, steps, b * s, contexts, ops))
+    kv_tok = sum(ctx.kv_elem_bytes(l) for l in model.layers)
+    kv_total = b * sum(ctx.kv_elem_bytes(l) * model.kv_tokens_held(l, P + N) for l in model.layers)
+    weights_total = float(sum(v[1] for v in fmts.values()))
+    return Workload(model, scenario, precision, options, phases[0], phases[1], weights_total, float(kv_total),
+                    _activation_peak(model, scenario, options, a), float(kv_tok),
+                    {k: v[0].name for k, v in fmts.items()})
+
+
+def _kv_row_lengths(att) -> tuple[int, ...]:
+    if att.mla:
+        return (att.mla.kv_lora_rank, att.mla.qk_rope_head_dim)
+    return (att.head_dim,)
+
+
+def _group_layers(model: ModelSpec, tbytes) -> list[tuple[str, list[int], Layer]]:
+    """Layers with the same structure and the same per-tensor bytes are counted once, times their number."""
+    sig: dict[tuple, list[int]] = defaultdict(list)
+    for i, layer in enumerate(model.layers):
+        sig[(layer, tuple(sorted(tbytes[i].items())))].append(i)
+    out = []
+    for (layer, _), idx in sig.items():
+        out.append((_ranges(idx), idx, layer))
+    return out
+
+
+def _ranges(idx: list[int]) -> str:
+    """'layers 0-2,5' for [0, 1, 2, 5]."""
+    runs: list[list[int]] = []
+    for i in idx:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return "layers " + ",".join(f"{r[0]}" if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+
+def _activation_peak(model: ModelSpec, sc: Scenario, opt: Options, a: float) -> float:
+    """Largest live activation set in prefill: residual + the widest intermediate + logits (an estimate)."""
+    T = sc.batch * sc.prompt
+    widest, scores = 0, 0.0
+    for l in model.layers:
+        att = l.attention
+        qkv = (att.n_heads + 2 * att.n_kv_heads) * att.head_dim
+        ffn = 3 * (l.ffn.intermediate if l.ffn else l.moe.top_k * l.moe.expert_intermediate)
+        widest = max(widest, qkv, ffn)
+        if opt.attention == "unfused":  # one layer's score matrix is live at a time
+            scores = max(scores, sc.batch * att.n_heads * sc.prompt * min(sc.prompt, att.window or sc.prompt) * a)
+    logits_rows = sc.batch * (sc.prompt if opt.logits == "all" else 1)
+    return a * T * (2 * model.hidden + widest) + scores + 4.0 * logits_rows * model.vocab
+
+
+class _Ctx:
+    """Builds operators; holds what every operator needs (model, options, formats, batch)."""
+
+    def __init__(self, model: ModelSpec, opt: Options, kv_fmt: NumberFormat, a: float, b: int) -> None:
+        self.m, self.opt, self.kv, self.a, self.b = model, opt, kv_fmt, a, b
+        self.traffic = opt.activation_traffic
+
+    def kv_elem_bytes(self, layer: Layer) -> float:
+        """KV-cache bytes one token adds to `layer`."""
+        return self.kv.elements_bytes(self.m.kv_elements_per_token(layer, self.opt.mla_cache))
+
+    def op(self, name: str, kind: str, group: str, count: int, flops, weights=0.0, acts=0.0,
+           kv_read=0.0, kv_write=0.0, block_acts=0.0) -> Operator:
+        """An operator; scalar or per-step array costs; `block_acts` are its bytes in "block" traffic mode."""
+        arr = lambda x: np.atleast_1d(np.asarray(x, dtype=np.float64))
+        acts = {"unfused": acts, "block": block_acts, "fused": 0.0}[self.traffic]
+        return Operator(name, kind, group, count, arr(flops),
+                        {"weights": arr(weights), "activations": arr(acts),
+                         "kv_read": arr(kv_read), "kv_write": arr(kv_write)})
+
+    # -- model-level operators -------------------------------------------------------------------
+
+    def model_ops(self, s: int, tb: dict[str, float], fmts, phase: str) -> list[Operator]:
+        m, a, b = self.m, self.a, self.b
+        T, h, V = b * s, m.hidden, m.vocab
+        embd_bytes_per_row = tb["token_embd"] / V
+        s_out = b * (1 if self.opt.logits == "last" else s)
+        head = tb["token_embd"] if m.tied else tb["output"]
+        return [
+            # a lookup: only the rows of the tokens in this step are read
+            self.op("embedding", "lookup", "model", 1, 0.0, weights=T * embd_bytes_per_row, acts=T * h * a),
+            self.op("final_norm", "elementwise", "model", 1, self.opt.norm_ops * T * h,
+                    weights=tb["output_norm"], acts=2 * T * h * a),
+            self.op("lm_head", "gemm", "model", 1, 2.0 * s_out * h * V, weights=head,
+                    acts=s_out * (h + V) * a),
+        ]
+
+    # -- one layer ---------------------------------------------------------------------------------
+
+    def layer_ops(self, layer: Layer, s: int, c: np.ndarray, tb: dict[str, float], group: str,
+                  count: int, phase: str) -> list[Operator]:
+        opt, a, b, h = self.opt, self.a, self.b, self.m.hidden
+        T = b * s
+        att = layer.attention
+        keys = b * _keys_attended(s, c, att.window, opt.causal)  # query-key pairs per head
+        kv_tokens = b * _kv_tokens_read(s, c, att.window)  # cached + new tokens read, per sequence × b
+        norm = lambda name, role, width=h, block=0.0: self.op(
+            name, "elementwise", group, count, opt.norm_ops * T * width, weights=tb[role], acts=2 * T * width * a,
+            block_acts=block)
+        ops = [norm("attn_norm", "attn_norm", block=T * h * a)]  # block input
+        if att.mla:
+            ops += self._mla_ops(layer, s, keys, kv_tokens, tb, group, count, phase)
+        else:
+            ops += self._attention_ops(layer, s, keys, kv_tokens, tb, group, count)
+        ops.append(self.op("attn_residual", "elementwise", group, count, opt.residual_ops * T * h, acts=3 * T * h * a))
+        if layer.n_norms >= 4:
+            ops.insert(-1, norm("attn_post_norm", "attn_post_norm"))
+        ops.append(norm("ffn_norm", "ffn_norm", block=T * h * a))
+        ops += self._ffn_ops(layer, T, tb, group, count) if layer.ffn else self._moe_ops(layer, T, tb, group, count)
+        if layer.n_norms >= 4:
+            ops.append(norm("ffn_post_norm", "ffn_post_norm"))
+        ops.append(self.op("ffn_residual", "elementwise", group, count, opt.residual_ops * T * h, acts=3 * T * h * a))
+        return ops
+
+    def _gemm(self, name: str, group: str, count: int, tokens: float, k: int, n: int, weights: float,
+              bias: bool = False, block_out: bool = False, **kv) -> Operator:
+        """tokens × k by k × n; `block_out` marks the GEMM that writes a block's output (block traffic mode)."""
+        flops = 2.0 * tokens * k * n + (tokens * n if bias else 0)
+        return self.op(name, "gemm", group, count, flops, weights=weights, acts=tokens * (k + n) * self.a,
+                       block_acts=tokens * n * self.a if block_out else 0.0, **kv)
+
+    def _attention_core(self, group: str, count: int, nq: int, dqk: int, dv: int, keys, kv_k, kv_v, T: float):
+        """QKᵀ, softmax and A·V over `keys` query-key pairs per head; KV bytes read by the first and last."""
+        opt, a = self.opt, self.a
+        scores = nq * keys * a if opt.attention == "unfused" else 0.0
+        return [
+            self.op("qk", "attention", group, count, 2.0 * nq * dqk * keys, acts=T * nq * dqk * a + scores, kv_read=kv_k),
+            self.op("softmax", "attention", group, count, opt.softmax_ops * nq * keys, acts=2 * scores),
+            self.op("av", "attention", group, count, 2.0 * nq * dv * keys, acts=T * nq * dv * a + scores, kv_read=kv_v),
+        ]
+
+    def _attention_ops(self, layer: Layer, s: int, keys, kv_tokens, tb, group: str, count: int) -> list[Operator]:
+        att, opt, a, b, h = layer.attention, self.opt, self.a, self.b, self.m.hidden
+        T = b * s
+        nq, nkv, d = att.n_heads, att.n_kv_heads, att.head_dim
+        kv_row = self.kv.elements_bytes(nkv * d)  # K (or V) bytes of one token
+        ops = []
+        if att.fused_qkv:
+            ops.append(self._gemm("qkv_proj", group, count, T, h, (nq + 2 * nkv) * d, tb["attn_qkv"], att.qkv_bias,
+                                  kv_write=2 * T * kv_row))
+        else:
+            ops += [self._gemm("q_proj", group, count, T, h, nq * d, tb["attn_q"], att.qkv_bias),
+                    self._gemm("k_proj", group, count, T, h, nkv * d, tb["attn_k"], att.qkv_bias, kv_write=T * kv_row),
+                    self._gemm("v_proj", group, count, T, h, nkv * d, tb["attn_v"], att.qkv_bias, kv_write=T * kv_row)]
+        if att.qk_norm:
+            w = tb["attn_q_norm"] + tb["attn_k_norm"]
+            ops.append(self.op("qk_norm", "elementwise", group, count, opt.norm_ops * T * (nq + nkv) * d,
+                               weights=w, acts=2 * T * (nq + nkv) * d * a))
+        if att.rotary_dim:
+            rot = T * (nq + nkv) * att.rotary_dim
+            ops.append(self.op("rope", "elementwise", group, count, opt.rope_ops * rot, acts=2 * rot * a))
+        ops += self._attention_core(group, count, nq, d, d, keys, kv_tokens * kv_row, kv_tokens * kv_row, T)
+        ops.append(self._gemm("o_proj", group, count, T, nq * d, h, tb["attn_output"], att.o_bias, block_out=True))
+        return ops
+
+    def _mla_ops(self, layer: Layer, s: int, keys, kv_tokens, tb, group: str, count: int, phase: str):
+        att, opt, a, b, h = layer.attention, self.opt, self.a, self.b, self.m.hidden
+        m, nq, T = att.mla, att.n_heads, b * s
+        dc, dr, dn, dv = m.kv_lora_rank, m.qk_rope_head_dim, m.qk_nope_head_dim, m.v_head_dim
+        ops = []
+        if m.q_lora_rank:
+            ops += [self._gemm("q_a_proj", group, count, T, h, m.q_lora_rank, tb["attn_q_a"]),
+                    self.op("q_a_norm", "elementwise", group, count, opt.norm_ops * T * m.q_lora_rank,
+                            weights=tb["attn_q_a_norm"], acts=2 * T * m.q_lora_rank * a),
+                    self._gemm("q_b_proj", group, count, T, m.q_lora_rank, nq * (dn + dr), tb["attn_q_b"])]
+        else:
+            ops.append(self._gemm("q_proj", group, count, T, h, nq * (dn + dr), tb["attn_q"]))
+        latent = opt.mla_cache == "latent"
+        lat_row = self.kv.elements_bytes(dc + dr)
+        full_row = self.kv.elements_bytes(nq * (dn + dr + dv))
+        ops += [self._gemm("kv_a_proj", group, count, T, h, dc + dr, tb["attn_kv_a_mqa"],
+                           kv_write=T * lat_row if latent else 0.0),
+                self.op("kv_a_norm", "elementwise", group, count, opt.norm_ops * T * dc,
+                        weights=tb["attn_kv_a_norm"], acts=2 * T * dc * a)]
+        rot = T * (nq + 1) * dr
+        ops.append(self.op("rope", "elementwise", group, count, opt.rope_ops * rot, acts=2 * rot * a))
+        absorbed = latent and phase == "decode" and opt.mla_decode == "absorbed"
+        if absorbed:
+            # q·W_UK per token, attention over the latent (d_c + d_r keys, d_c values), then ·W_UV per token
+            # kv_b holds W_UK (d_n rows per head) and W_UV (d_v rows per head): each is streamed once
+            w_uk = tb["attn_kv_b"] * dn / (dn + dv)
+            ops.append(self._gemm("q_absorb", group, count, T * nq, dn, dc, w_uk))
+            ops += self._attention_core(group, count, nq, dc + dr, dc, keys, kv_tokens * lat_row, 0.0, T)
+            ops.append(self._gemm("o_absorb", group, count, T * nq, dc, dv, tb["attn_kv_b"] - w_uk))
+        else:
+            # materialised: kv_b decompresses the tokens attended (latent cache) or only the new ones
+            tokens = kv_tokens if latent else T
+            ops.append(self._gemm("kv_b_proj", group, count, tokens, dc, nq * (dn + dv), tb["attn_kv_b"],
+                                  kv_write=0.0 if latent else T * full_row))
+            read = kv_tokens * (lat_row if latent else full_row)
+            ops += self._attention_core(group, count, nq, dn + dr, dv, keys, read, 0.0, T)
+        ops.append(self._gemm("o_proj", group, count, T, nq * dv, h, tb["attn_output"], block_out=True))
+        return ops
+
+    def _ffn_ops(self, layer: Layer, T: int, tb, group: str, count: int) -> list[Operator]:
+        f, h, a, opt = layer.ffn.intermediate, self.m.hidden, self.a, self.opt
+        ffn = layer.ffn
+        if ffn.glu and ffn.fused_gate_up:
+            ops = [self._gemm("gate_up_proj", group, count, T, h, 2 * f, tb["ffn_up"], ffn.bias)]
+        elif ffn.glu:
+            ops = [self._gemm("gate_proj", group, count, T, h, f, tb["ffn_gate"], ffn.bias),
+                   self._gemm("up_proj", group, count, T, h, f, tb["ffn_up"], ffn.bias)]
+        else:
+            ops = [self._gemm("up_proj", group, count, T, h, f, tb["ffn_up"], ffn.bias)]
+        if ffn.glu:
+            ops.append(self.op("act_mul", "elementwise", group, count, opt.glu_ops * T * f, acts=3 * T * f * a,
+                               block_acts=2 * T * f * a))
+        else:
+            ops.append(self.op("gelu", "elementwise", group, count, opt.gelu_ops * T * f, acts=2 * T * f * a,
+                               block_acts=2 * T * f * a))
+        ops.append(self._gemm("down_proj", group, count, T, f, h, tb["ffn_down"], ffn.bias, block_out=True))
+        return ops
+
+    def _moe_ops(self, layer: Layer, T: int, tb, group: str, count: int) -> list[Operator]:
+        e, h, a, opt = layer.moe, self.m.hidden, self.a, self.opt
+        f, E, k = e.expert_intermediate, e.n_experts, e.top_k
+        # distinct experts whose weights a step streams: expected value under uniform routing
+        touched = E * (1.0 - (1.0 - k / E) ** T)
+        per_expert = lambda role: tb[role] / E * touched
+        pairs = T * k  # token-expert pairs
+        ops = [self._gemm("router", group, count, T, h, E, tb["ffn_gate_inp"]),
+               self.op("router_softmax", "elementwise", group, count, opt.softmax_ops * T * E, acts=2 * T * E * a),
+               self._gemm("experts_gate", group, count, pairs, h, f, per_expert("ffn_gate_exps")),
+               self._gemm("experts_up", group, count, pairs, h, f, per_expert("ffn_up_exps")),
+               self.op("experts_act_mul", "elementwise", group, count, opt.glu_ops * pairs * f, acts=3 * pairs * f * a,
+                       block_acts=2 * pairs * f * a),
+               self._gemm("experts_down", group, count, pairs, f, h, per_expert("ffn_down_exps"), block_out=True),
+               self.op("experts_combine", "elementwise", group, count, 2.0 * pairs * h, acts=(pairs + T) * h * a)]
+        if e.shared_intermediate:
+            sf = e.shared_intermediate
+            ops += [self._gemm("shared_gate", group, count, T, h, sf, tb["ffn_gate_shexp"]),
+                    self._gemm("shared_up", group, count, T, h, sf, tb["ffn_up_shexp"]),
+                    self.op("shared_act_mul", "elementwise", group, count, opt.glu_ops * T * sf, acts=3 * T * sf * a),
+                    self._gemm("shared_down", group, count, T, sf, h, tb["ffn_down_shexp"])]
+            if e.shared_gate:
+                ops.append(self._gemm("shared_expert_gate", group, count, T, h, 1, tb["ffn_gate_inp_shexp"]))
+        return ops
+
+
+def _keys_attended(s: int, c: np.ndarray, window: int | None, causal: bool) -> np.ndarray:
+    """Query-key pairs per head and sequence when s new tokens follow c cached ones."""
+    c = np.asarray(c, dtype=np.float64)
+    if not causal:
+        return s * (np.minimum(c + s, window) if window else c + s)
+    if not window:
+        return s * c + s * (s + 1) / 2.0
+    # query at absolute position i (1-based) sees min(i, W) keys; sum over i = c+1 .. c+s
+    n1 = np.clip(window - c, 0, s)  # queries whose prefix fits in the window
+    return n1 * c + n1 * (n1 + 1) / 2.0 + (s - n1) * window
+
+
+def _kv_tokens_read(s: int, c: np.ndarray, window: int | None) -> np.ndarray:
+    """Distinct cached + new tokens whose K and V a step reads (once per layer, fused attention)."""
+    c = np.asarray(c, dtype=np.float64)
+    return np.minimum(c + s, window - 1 + s) if window else c + s
+
+
+def layer_kv_bytes(model: ModelSpec, precision: Precision, context: int, options: Options | None = None) -> float:
+    """KV-cache bytes one sequence holds after `context` tokens (windows clipped as HF keeps them)."""
+    opt = options or Options()
+    kv = get_format(precision.kv)
+    return sum(kv.elements_bytes(model.kv_elements_per_token(l, opt.mla_cache)) * model.kv_tokens_held(l, context)
+               for l in model.layers)

@@ -1,0 +1,426 @@
+"""What a model is, for accounting: layers, attention, FFN/MoE, and every weight tensor with its shape.
+
+A ModelSpec is read from a Hugging Face `config.json` (any of the families below, or an unknown
+`model_type` with the standard fields), a model folder, a GGUF header, or a catalogue id. It knows
+nothing of torch: the roofline works from shapes alone. Tensor names follow GGUF (`blk.3.attn_v.weight`)
+so llama.cpp's per-tensor quantization recipes apply directly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ridgeline.errors import RidgelineError
+
+# model_type -> default of `tie_word_embeddings` when the config omits it (transformers' defaults)
+_TIED_DEFAULT = {"gemma": True, "gemma2": True, "gemma3_text": True, "gemma3": True}
+_QKV_BIAS_DEFAULT = {"qwen2": True, "qwen2_moe": True, "gpt_neox": True}
+_QK_NORM = {"qwen3", "qwen3_moe", "gemma3_text", "gemma3"}
+_FUSED_QKV = {"phi3", "gpt_neox"}
+_GELU_MLP = {"gpt_neox", "gpt2", "opt", "gptj", "falcon"}
+
+
+@dataclass(frozen=True)
+class MLA:
+    """DeepSeek multi-head latent attention dimensions."""
+
+    q_lora_rank: int | None
+    kv_lora_rank: int  # d_c
+    qk_nope_head_dim: int  # d_n
+    qk_rope_head_dim: int  # d_r
+    v_head_dim: int  # d_v
+
+
+@dataclass(frozen=True)
+class Attention:
+    """One layer's attention: heads, head dims, biases, window; `mla` set for latent attention."""
+
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    qkv_bias: bool = False
+    o_bias: bool = False
+    qk_norm: bool = False
+    fused_qkv: bool = False
+    window: int | None = None  # sliding window W (keys per query, the current one included)
+    rotary_dim: int = 0
+    mla: MLA | None = None
+
+    @property
+    def kind(self) -> str:
+        """MLA, MHA, MQA or GQA."""
+        if self.mla:
+            return "MLA"
+        if self.n_kv_heads == self.n_heads:
+            return "MHA"
+        return "MQA" if self.n_kv_heads == 1 else "GQA"
+
+
+@dataclass(frozen=True)
+class FFN:
+    """A dense feed-forward block: `glu` (gate, up, down) or a plain two-matrix `mlp`."""
+
+    intermediate: int
+    glu: bool = True
+    bias: bool = False
+    fused_gate_up: bool = False
+
+
+@dataclass(frozen=True)
+class MoE:
+    """A mixture-of-experts block: E routed experts, top-k active, optional shared experts."""
+
+    n_experts: int
+    top_k: int
+    expert_intermediate: int
+    shared_intermediate: int = 0  # total intermediate size of the shared expert(s), 0 if none
+    shared_gate: bool = False  # Qwen2-MoE's sigmoid gate on the shared expert
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One decoder block."""
+
+    attention: Attention
+    ffn: FFN | None = None
+    moe: MoE | None = None
+    n_norms: int = 2  # hidden-size norms in the block
+    norm_bias: bool = False  # LayerNorm (weight + bias) instead of RMSNorm
+    parallel: bool = False  # attention and FFN read the same input (GPT-NeoX)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A weight tensor: GGUF-style name, shape (rows..., row length), and its layer (None: model-level)."""
+
+    name: str
+    shape: tuple[int, ...]
+    layer: int | None = None
+    ggml_type: str | None = None  # the stored type when read from a GGUF file
+    nbytes: int | None = None  # the stored size when read from a GGUF file
+
+    @property
+    def numel(self) -> int:
+        """Number of elements."""
+        return math.prod(self.shape)
+
+    @property
+    def role(self) -> str:
+        """The name without layer prefix and suffix, e.g. 'attn_v' or 'ffn_down_exps'."""
+        base = self.name.rsplit(".", 1)[0]
+        return base.split(".", 2)[2] if base.startswith("blk.") else base
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A causal LM's architecture, enough to count every FLOP and byte."""
+
+    name: str
+    model_type: str
+    hidden: int
+    vocab: int
+    layers: tuple[Layer, ...]
+    tied: bool
+    final_norm_bias: bool = False
+    max_position: int | None = None
+    source: str = ""
+    gguf_tensors: tuple[TensorSpec, ...] | None = field(default=None, compare=False)
+
+    @property
+    def n_layers(self) -> int:
+        """Number of decoder blocks."""
+        return len(self.layers)
+
+    def with_layers(self, n: int) -> "ModelSpec":
+        """The first `n` blocks only (depth sweeps); GGUF tensor sizes are dropped."""
+        if not 1 <= n:
+            raise RidgelineError(f"number of layers must be >= 1, got {n}")
+        layers = tuple(self.layers[i % self.n_layers] for i in range(n))
+        return replace(self, layers=layers, gguf_tensors=None, name=f"{self.name}[{n}L]")
+
+    def tensors(self) -> list[TensorSpec]:
+        """Every weight tensor (tied embeddings once), as GGUF names with torch-order shapes."""
+        if self.gguf_tensors is not None:
+            return list(self.gguf_tensors)
+        h = self.hidden
+        out = [TensorSpec("token_embd.weight", (self.vocab, h))]
+        for i, layer in enumerate(self.layers):
+            out += _layer_tensors(i, layer, h)
+        out.append(TensorSpec("output_norm.weight", (h,)))
+        if self.final_norm_bias:
+            out.append(TensorSpec("output_norm.bias", (h,)))
+        if not self.tied:
+            out.append(TensorSpec("output.weight", (self.vocab, h)))
+        return out
+
+    def param_count(self) -> int:
+        """Total parameters (tied embeddings counted once)."""
+        return sum(t.numel for t in self.tensors())
+
+    def embedding_params(self) -> int:
+        """Parameters of the input embedding table (shared with the head when tied)."""
+        return self.vocab * self.hidden
+
+    def kv_elements_per_token(self, layer: Layer, mla_cache: str = "latent") -> int:
+        """KV-cache elements one token adds in `layer` (K and V together; MLA per `mla_cache`)."""
+        att = layer.attention
+        if att.mla:
+            m = att.mla
+            if mla_cache == "latent":
+                return m.kv_lora_rank + m.qk_rope_head_dim
+            if mla_cache == "decompressed":
+                return att.n_heads * (m.qk_nope_head_dim + m.qk_rope_head_dim + m.v_head_dim)
+            raise RidgelineError(f"mla_cache must be 'latent' or 'decompressed', got {mla_cache!r}")
+        return 2 * att.n_kv_heads * att.head_dim
+
+    def kv_tokens_held(self, layer: Layer, context: int) -> int:
+        """Tokens a layer's cache holds after `context` tokens: W−1 past keys for a window W (as HF keeps)."""
+        w = layer.attention.window
+        return min(context, w - 1) if w else context
+
+
+def _layer_tensors(i: int, layer: Layer, h: int) -> list[TensorSpec]:
+    def t(role: str, *shape: int) -> TensorSpec:
+        return TensorSpec(f"blk.{i}.{role}", tuple(shape), i)
+
+    att, out = layer.attention, []
+    norm_names = ["attn_norm", "ffn_norm", "attn_post_norm", "ffn_post_norm"][: layer.n_norms]
+    if layer.parallel and layer.n_norms == 2:
+        norm_names = ["attn_norm", "ffn_norm"]
+    for n in norm_names:
+        out.append(t(f"{n}.weight", h))
+        if layer.norm_bias:
+            out.append(t(f"{n}.bias", h))
+    nq, nkv, d = att.n_heads, att.n_kv_heads, att.head_dim
+    if att.mla:
+        m = att.mla
+        dqk = m.qk_nope_head_dim + m.qk_rope_head_dim
+        if m.q_lora_rank:
+            out += [t("attn_q_a.weight", m.q_lora_rank, h), t("attn_q_a_norm.weight", m.q_lora_rank),
+                    t("attn_q_b.weight", nq * dqk, m.q_lora_rank)]
+        else:
+            out.append(t("attn_q.weight", nq * dqk, h))
+        out += [t("attn_kv_a_mqa.weight", m.kv_lora_rank + m.qk_rope_head_dim, h),
+                t("attn_kv_a_norm.weight", m.kv_lora_rank),
+                t("attn_kv_b.weight", nq * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank),
+                t("attn_output.weight", h, nq * m.v_head_dim)]
+    else:
+        if att.fused_qkv:
+            out.append(t("attn_qkv.weight", (nq + 2 * nkv) * d, h))
+            if att.qkv_bias:
+                out.append(t("attn_qkv.bias", (nq + 2 * nkv) * d))
+        else:
+            for role, rows in (("attn_q", nq * d), ("attn_k", nkv * d), ("attn_v", nkv * d)):
+                out.append(t(f"{role}.weight", rows, h))
+                if att.qkv_bias:
+                    out.append(t(f"{role}.bias", rows))
+        if att.qk_norm:
+            out += [t("attn_q_norm.weight", d), t("attn_k_norm.weight", d)]
+        out.append(t("attn_output.weight", h, nq * d))
+        if att.o_bias:
+            out.append(t("attn_output.bias", h))
+    if layer.ffn:
+        f = layer.ffn
+        if f.glu and f.fused_gate_up:
+            out.append(t("ffn_up.weight", 2 * f.intermediate, h))
+        elif f.glu:
+            out += [t("ffn_gate.weight", f.intermediate, h), t("ffn_up.weight", f.intermediate, h)]
+        else:
+            out.append(t("ffn_up.weight", f.intermediate, h))
+        if f.bias:
+            out += [t("ffn_gate.bias", f.intermediate)] if f.glu and not f.fused_gate_up else []
+            out.append(t("ffn_up.bias", f.intermediate * (2 if f.fused_gate_up else 1)))
+        out.append(t("ffn_down.weight", h, f.intermediate))
+        if f.bias:
+            out.append(t("ffn_down.bias", h))
+    if layer.moe:
+        e = layer.moe
+        out += [t("ffn_gate_inp.weight", e.n_experts, h),
+                t("ffn_gate_exps.weight", e.n_experts, e.expert_intermediate, h),
+                t("ffn_up_exps.weight", e.n_experts, e.expert_intermediate, h),
+                t("ffn_down_exps.weight", e.n_experts, h, e.expert_intermediate)]
+        if e.shared_intermediate:
+            s = e.shared_intermediate
+            out += [t("ffn_gate_shexp.weight", s, h), t("ffn_up_shexp.weight", s, h),
+                    t("ffn_down_shexp.weight", h, s)]
+            if e.shared_gate:
+                out.append(t("ffn_gate_inp_shexp.weight", h))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# config.json -> ModelSpec
+
+
+def _get(cfg: dict, names: tuple[str, ...], where: str, required: bool = True, default: Any = None) -> Any:
+    for n in names:
+        if cfg.get(n) is not None:
+            v = cfg[n]
+            if isinstance(v, bool) or not isinstance(v, int):
+                if isinstance(v, float) and v.is_integer():
+                    v = int(v)
+                else:
+                    raise RidgelineError(f"{where}: field {n!r} must be an integer, got {v!r}")
+            if v <= 0:
+                raise RidgelineError(f"{where}: field {n!r} must be positive, got {v}")
+            return v
+    if required:
+        raise RidgelineError(f"{where}: missing required field {names[0]!r}")
+    return default
+
+
+def spec_from_config(cfg: dict[str, Any], name: str = "model", source: str = "") -> ModelSpec:
+    """Build a ModelSpec from a config.json dict; a missing or invalid field raises naming it."""
+    where = source or name
+    if not isinstance(cfg, dict):
+        raise RidgelineError(f"{where}: a config must be a JSON object")
+    if "text_config" in cfg and "hidden_size" not in cfg:  # multimodal wrappers (gemma3, llava...)
+        cfg = {**cfg["text_config"], "model_type": cfg["text_config"].get("model_type", cfg.get("model_type"))}
+    mt = str(cfg.get("model_type") or "unknown")
+    h = _get(cfg, ("hidden_size", "n_embd", "d_model"), where)
+    n_layers = _get(cfg, ("num_hidden_layers", "n_layer", "num_layers"), where)
+    nq = _get(cfg, ("num_attention_heads", "n_head", "num_heads"), where)
+    vocab = _get(cfg, ("vocab_size",), where)
+    nkv = _get(cfg, ("num_key_value_heads", "n_head_kv", "num_kv_heads"), where, False, nq)
+    head_dim = _get(cfg, ("head_dim",), where, False, None)
+    if head_dim is None:
+        if h % nq:
+            raise RidgelineError(f"{where}: hidden_size {h} is not divisible by num_attention_heads {nq}; set head_dim")
+        head_dim = h // nq
+    if nq % nkv:
+        raise RidgelineError(f"{where}: num_attention_heads {nq} is not a multiple of num_key_value_heads {nkv}")
+    tied = bool(cfg.get("tie_word_embeddings", _TIED_DEFAULT.get(mt, False)))
+    gelu_mlp = mt in _GELU_MLP
+    norm_bias = mt in _GELU_MLP
+    attn_bias = cfg.get("attention_bias", _QKV_BIAS_DEFAULT.get(mt, False))
+    qkv_bias = bool(attn_bias)
+    o_bias = bool(attn_bias) and mt not in ("qwen2", "qwen2_moe")
+    if mt in ("qwen2", "qwen2_moe") and "attention_bias" not in cfg:
+        qkv_bias, o_bias = True, False
+    rope = cfg.get("rope_parameters") or {}
+    partial = cfg.get("partial_rotary_factor", cfg.get("rotary_pct", rope.get("partial_rotary_factor")))
+    if partial is None:
+        partial = 0.25 if mt == "gpt_neox" else 1.0
+    mla = None
+    if cfg.get("kv_lora_rank"):
+        mla = MLA(q_lora_rank=_get(cfg, ("q_lora_rank",), where, False, None),
+                  kv_lora_rank=_get(cfg, ("kv_lora_rank",), where),
+                  qk_nope_head_dim=_get(cfg, ("qk_nope_head_dim",), where),
+                  qk_rope_head_dim=_get(cfg, ("qk_rope_head_dim",), where),
+                  v_head_dim=_get(cfg, ("v_head_dim",), where))
+    windows = _layer_windows(cfg, mt, n_layers, where)
+    moe_layers, moe = _moe(cfg, mt, n_layers, where)
+    dense_f = _get(cfg, ("intermediate_size", "n_inner", "ffn_hidden_size"), where,
+                   required=not (moe and len(moe_layers) == n_layers), default=4 * h if mt == "gpt2" else None)
+    n_norms = 4 if mt in ("gemma3_text", "gemma3", "gemma2") else 2
+    layers = []
+    for i in range(n_layers):
+        att = Attention(nq, nkv if not mla else nq, head_dim if not mla else mla.qk_nope_head_dim + mla.qk_rope_head_dim,
+                        qkv_bias=qkv_bias and not mla, o_bias=o_bias and not mla, qk_norm=mt in _QK_NORM,
+                        fused_qkv=mt in _FUSED_QKV, window=windows[i],
+                        rotary_dim=mla.qk_rope_head_dim if mla else int(head_dim * partial), mla=mla)
+        if i in moe_layers:
+            layers.append(Layer(att, moe=moe, n_norms=n_norms))
+        else:
+            ffn = FFN(dense_f, glu=not gelu_mlp, bias=gelu_mlp or bool(cfg.get("mlp_bias", False)),
+                      fused_gate_up=mt == "phi3")
+            layers.append(Layer(att, ffn=ffn, n_norms=n_norms, norm_bias=norm_bias,
+                                parallel=mt == "gpt_neox" and bool(cfg.get("use_parallel_residual", True))))
+    return ModelSpec(name=name, model_type=mt, hidden=h, vocab=vocab, layers=tuple(layers), tied=tied,
+                     final_norm_bias=norm_bias,
+                     max_position=cfg.get("max_position_embeddings") or cfg.get("n_positions"), source=source)
+
+
+def _layer_windows(cfg: dict, mt: str, n: int, where: str) -> list[int | None]:
+    w = cfg.get("sliding_window")
+    types = cfg.get("layer_types")
+    if types is not None:
+        if not isinstance(types, list) or len(types) != n:
+            raise RidgelineError(f"{where}: field 'layer_types' must list one type per layer ({n})")
+        if any(t == "sliding_attention" for t in types) and not w:
+            raise RidgelineError(f"{where}: layer_types has sliding_attention layers but no 'sliding_window'")
+        return [w if t == "sliding_attention" else None for t in types]
+    if mt in ("gemma3_text", "gemma3"):
+        pattern = cfg.get("sliding_window_pattern", 6)
+        w = w or 4096
+        return [None if (i + 1) % pattern == 0 else w for i in range(n)]
+    if not w or cfg.get("use_sliding_window") is False:
+        return [None] * n
+    if isinstance(w, bool) or not isinstance(w, int) or w <= 0:
+        raise RidgelineError(f"{where}: field 'sliding_window' must be a positive integer, got {w!r}")
+    if cfg.get("use_sliding_window") and cfg.get("max_window_layers") is not None:
+        # Qwen2-style: the first max_window_layers layers use full attention
+        return [None if i < cfg["max_window_layers"] else w for i in range(n)]
+    return [w] * n
+
+
+def _moe(cfg: dict, mt: str, n: int, where: str) -> tuple[set[int], MoE | None]:
+    e = cfg.get("num_local_experts") or cfg.get("num_experts") or cfg.get("n_routed_experts")
+    if not e:
+        return set(), None
+    e = _get({"n_experts": e}, ("n_experts",), where)
+    k = _get(cfg, ("num_experts_per_tok", "moe_top_k"), where)
+    if k > e:
+        raise RidgelineError(f"{where}: num_experts_per_tok {k} exceeds the number of experts {e}")
+    fe = _get(cfg, ("moe_intermediate_size", "intermediate_size"), where)
+    shared, gate = 0, False
+    if cfg.get("shared_expert_intermediate_size"):
+        shared, gate = cfg["shared_expert_intermediate_size"], True
+    elif cfg.get("n_shared_experts"):
+        shared = cfg["n_shared_experts"] * fe
+    if mt.startswith("deepseek"):
+        first, freq = cfg.get("first_k_dense_replace", 0), cfg.get("moe_layer_freq") or 1
+        layers = {i for i in range(n) if i >= first and i % freq == 0}
+    elif mt in ("qwen2_moe", "qwen3_moe"):
+        step, dense = cfg.get("decoder_sparse_step", 1) or 1, set(cfg.get("mlp_only_layers") or [])
+        layers = {i for i in range(n) if i not in dense and (i + 1) % step == 0}
+    else:
+        layers = set(range(n))
+    return layers, MoE(e, k, fe, shared, gate)
+
+
+# ---------------------------------------------------------------------------------------------
+# Where a spec comes from: a file, a folder, a GGUF, the catalogue
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a config.json, with a one-line error for unreadable or non-JSON files."""
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise RidgelineError(f"{path} is not a JSON config (binary file); pass a config.json, folder or .gguf") from None
+    except OSError as exc:
+        raise RidgelineError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RidgelineError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); expected a config.json") from None
+    if not isinstance(cfg, dict):
+        raise RidgelineError(f"{path}: expected a JSON object (a Hugging Face config.json)")
+    return cfg
+
+
+def load_spec(model: str) -> ModelSpec:
+    """Resolve `model`: a config.json, a model folder, a .gguf file, or a catalogue id."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return spec_from_config(load_config_file(path / "config.json"), path.name, str(path))
+        ggufs = sorted(path.glob("*.gguf"))
+        if ggufs:
+            return load_spec(str(ggufs[0]))
+        raise RidgelineError(f"folder {path} has no config.json and no .gguf file")
+    if path.is_file():
+        if path.suffix == ".gguf" or path.read_bytes()[:4] == b"GGUF":
+            from ridgeline.specs.gguf_model import spec_from_gguf
+
+            return spec_from_gguf(path)
+        return spec_from_config(load_config_file(path), path.stem if path.name != "config.json" else path.parent.name,
+                                str(path))
+    from ridgeline.specs.catalogue import catalogue_spec
+
+    return catalogue_spec(model)
