@@ -21,6 +21,7 @@ _TIED_DEFAULT = {"gemma": True, "gemma2": True, "gemma3_text": True, "gemma3": T
 _QKV_BIAS_DEFAULT = {"qwen2": True, "qwen2_moe": True, "gpt_neox": True}
 _QK_NORM = {"qwen3", "qwen3_moe", "gemma3_text", "gemma3"}
 _FUSED_QKV = {"phi3", "gpt_neox"}
+_MHA_ONLY = {"gpt_neox", "gpt2", "opt", "gptj"}  # their attention has no KV-head field
 _GELU_MLP = {"gpt_neox", "gpt2", "opt", "gptj", "falcon"}
 
 
@@ -286,6 +287,8 @@ def spec_from_config(cfg: dict[str, Any], name: str = "model", source: str = "")
     nq = _get(cfg, ("num_attention_heads", "n_head", "num_heads"), where)
     vocab = _get(cfg, ("vocab_size",), where)
     nkv = _get(cfg, ("num_key_value_heads", "n_head_kv", "num_kv_heads"), where, False, nq)
+    if mt in _MHA_ONLY:
+        nkv = nq
     head_dim = _get(cfg, ("head_dim",), where, False, None)
     if head_dim is None:
         if h % nq:

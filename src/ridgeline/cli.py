@@ -1,0 +1,375 @@
+"""The `ridgeline` command: parses arguments, calls the library, renders. Nothing else lives here."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ridgeline.errors import RidgelineError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="ridgeline: where the limit is (analytic roofline), how close real runs get, "
+                       "and what each optimization buys.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _cli(fn: Callable) -> Callable:
+    """Turn RidgelineError (bad input) into one line on stderr and exit code 2; Ctrl-C into exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RidgelineError as exc:
+            err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _csv_list(text: str, what: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise RidgelineError(f"{what}: expected a comma-separated list, got {text!r}")
+    return items
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        return [int(t) for t in _csv_list(text, what)]
+    except ValueError:
+        raise RidgelineError(f"{what}: expected comma-separated integers, got {text!r}") from None
+
+
+def _precision(model, weights: Optional[str], acts: str, kv: Optional[str], compute: Optional[str]):
+    from ridgeline.specs.formats import get_format
+    from ridgeline.specs.scenario import Precision
+
+    if weights is None:
+        weights = "stored" if model.gguf_tensors is not None else "bf16"
+    if kv is None:
+        kv = acts if get_format(acts).family == "float" else "bf16"
+    return Precision(weights=weights, acts=acts, kv=kv, compute=compute)
+
+
+def _options(attention: str, act_traffic: str, logits: str, mla_cache: str, mla_decode: str, causal: bool):
+    from ridgeline.roofline.workload import Options
+
+    return Options(attention=attention, activation_traffic=act_traffic, logits=logits, mla_cache=mla_cache,
+                   mla_decode=mla_decode, causal=causal)
+
+
+# shared option declarations
+_MODEL = typer.Option(..., "--model", "-m", help="config.json, model folder, .gguf file or catalogue id (`ridgeline models`)")
+_DEVICE = typer.Option(..., "--device", "-d", help="catalogue id (`ridgeline devices`), 'local' after `ridgeline probe`, or a TOML/JSON device file")
+_WEIGHTS = typer.Option(None, "--weights", "-w", help="weight format or llama.cpp recipe (bf16, q8_0, q4_k_m, int4_g128, mxfp4, bfp32m4, ...); default: as stored for GGUF, else bf16")
+_ACTS = typer.Option("bf16", "--acts", help="activation format (fp32, bf16, fp16, int8, ...)")
+_KV = typer.Option(None, "--kv", help="KV-cache format (bf16, fp16, q8_0, q4_0, ...); default: the activation format")
+_COMPUTE = typer.Option(None, "--compute", help="dtype whose peak FLOP/s bounds compute (default: from --acts)")
+_ATTN = typer.Option("fused", "--attention", help="fused (flash-style, scores stay on chip) or unfused (scores written and read)")
+_TRAFFIC = typer.Option("unfused", "--act-traffic", help="activation traffic: unfused (every op, upper bound), block (a·s·(4h+2f) per layer), fused (none)")
+_LOGITS = typer.Option("last", "--logits", help="lm_head on the last position only (last) or every position (all)")
+_MLA_CACHE = typer.Option("latent", "--mla-cache", help="MLA KV cache: latent (d_c + d_r per token) or decompressed (as transformers holds it)")
+_MLA_DECODE = typer.Option("absorbed", "--mla-decode", help="MLA decode FLOPs: absorbed (weight absorption) or naive (materialised)")
+_CAUSAL = typer.Option(True, "--causal/--non-causal", help="count each query against its own prefix (default) or all keys")
+_DEVICE_FILE = typer.Option(None, "--device-file", help="extra devices from a TOML/JSON file")
+
+
+@app.command()
+@_cli
+def analyze(
+    model: str = _MODEL,
+    device: str = _DEVICE,
+    scenario: str = typer.Option("SISO", "--scenario", "-s", help="SISO, LISO, SILO, LILO or P:N (prompt:generated)"),
+    batch: int = typer.Option(1, "--batch", "-b", help="sequences decoded together"),
+    weights: Optional[str] = _WEIGHTS,
+    acts: str = _ACTS,
+    kv: Optional[str] = _KV,
+    compute: Optional[str] = _COMPUTE,
+    layers: Optional[int] = typer.Option(None, "--layers", help="keep only the first N layers"),
+    attention: str = _ATTN,
+    act_traffic: str = _TRAFFIC,
+    logits: str = _LOGITS,
+    mla_cache: str = _MLA_CACHE,
+    mla_decode: str = _MLA_DECODE,
+    causal: bool = _CAUSAL,
+    per_operator: bool = typer.Option(False, "--per-operator", help="list every operator of each distinct layer and the model-level ones"),
+    as_json: bool = typer.Option(False, "--json", help="print the JSON record instead of tables"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="also write the JSON record to this file"),
+    device_file: Optional[Path] = _DEVICE_FILE,
+) -> None:
+    """Analytic roofline of prefill and decode: FLOPs, bytes, intensity, bound, time, memory."""
+    from ridgeline.io import write_json
+    from ridgeline.report.tables import memory_table, operator_table, summary_table
+    from ridgeline.roofline.evaluate import evaluate, prediction_json
+    from ridgeline.roofline.workload import build_workload
+    from ridgeline.specs.device import get_device
+    from ridgeline.specs.model import load_spec
+    from ridgeline.specs.scenario import parse_scenario
+
+    dev = get_device(device, (device_file,) if device_file else ())
+    sc = parse_scenario(scenario, batch)
+    spec = load_spec(model)
+    if layers is not None:
+        spec = spec.with_layers(layers)
+    prec = _precision(spec, weights, acts, kv, compute)
+    wl = build_workload(spec, sc, prec, _options(attention, act_traffic, logits, mla_cache, mla_decode, causal))
+    pred = evaluate(wl, dev)
+    record = prediction_json(pred, per_operator)
+    if out:
+        write_json(out, record)
+    if as_json:
+        print(json.dumps(record, indent=2))
+        return
+    console.print(summary_table(pred))
+    console.print(memory_table(pred))
+    if per_operator:
+        for phase in ("prefill", "decode"):
+            console.print(operator_table(pred, phase))
+
+
+@app.command()
+@_cli
+def devices(
+    as_json: bool = typer.Option(False, "--json", help="print the catalogue as JSON"),
+    device_file: Optional[Path] = _DEVICE_FILE,
+) -> None:
+    """List the device catalogue: bandwidth, memory, peak FLOP/s per dtype, TDP, provenance."""
+    from ridgeline.report.tables import si
+    from ridgeline.specs.device import DTYPES, catalogue
+
+    devs = catalogue((device_file,) if device_file else ())
+    if as_json:
+        print(json.dumps({"devices": [d.to_json() for d in devs.values()]}, indent=2))
+        return
+    t = Table(title="devices (peaks are dense FLOP/s or OP/s)")
+    for col in ("id", "name", "memory", "bandwidth", *DTYPES, "TDP", "provenance"):
+        t.add_column(col, justify="right" if col not in ("id", "name", "provenance") else "left")
+    for d in devs.values():
+        t.add_row(d.id, d.name, si(d.memory_bytes, "B", 1024), si(d.bandwidth_Bps, "B/s"),
+                  *[si(d.peak_flops[k]) if k in d.peak_flops else "" for k in DTYPES],
+                  f"{d.tdp_w:g} W" if d.tdp_w else "", f"{d.provenance.kind}, {d.provenance.date}")
+    console.print(t)
+
+
+@app.command()
+@_cli
+def models(as_json: bool = typer.Option(False, "--json", help="print as JSON")) -> None:
+    """List the bundled model catalogue (config.json files only, no weights)."""
+    from ridgeline.report.tables import si
+    from ridgeline.specs.catalogue import catalogue_spec, model_index
+
+    rows = []
+    for entry in model_index():
+        spec = catalogue_spec(entry["id"])
+        rows.append({"id": entry["id"], "hf_id": entry.get("hf_id"), "model_type": spec.model_type,
+                     "params": spec.param_count(), "published_params": entry.get("published_params"),
+                     "layers": spec.n_layers, "hidden": spec.hidden,
+                     "attention": "/".join(sorted({l.attention.kind for l in spec.layers})),
+                     "kv_bytes_per_token_bf16": sum(2 * spec.kv_elements_per_token(l) for l in spec.layers),
+                     "tied": spec.tied, "moe": any(l.moe for l in spec.layers)})
+    if as_json:
+        print(json.dumps({"models": rows}, indent=2))
+        return
+    t = Table(title="model catalogue")
+    for col in ("id", "hf id", "type", "params", "layers", "hidden", "attention", "KV/token bf16", "tied", "MoE"):
+        t.add_column(col, justify="right" if col in ("params", "layers", "hidden", "KV/token bf16") else "left")
+    for r in rows:
+        t.add_row(r["id"], r["hf_id"] or "", r["model_type"], si(r["params"]), str(r["layers"]), str(r["hidden"]),
+                  r["attention"], si(r["kv_bytes_per_token_bf16"], "B"), "yes" if r["tied"] else "",
+                  "yes" if r["moe"] else "")
+    console.print(t)
+
+
+@app.command()
+@_cli
+def formats(as_json: bool = typer.Option(False, "--json", help="print as JSON")) -> None:
+    """List the number-format registry with bits per element (block overhead included)."""
+    from ridgeline.specs.formats import list_formats
+    from ridgeline.specs.recipes import RECIPES
+
+    fmts = list_formats()
+    if as_json:
+        print(json.dumps({"formats": [{"name": f.name, "family": f.family, "bits": f.bits, "block": f.block,
+                                       "description": f.description} for f in fmts],
+                          "recipes": sorted(RECIPES)}, indent=2))
+        return
+    t = Table(title="number formats (per-channel: + per-row scale bytes / row length)")
+    for col in ("name", "family", "bits/element", "block", "description"):
+        t.add_column(col)
+    for f in fmts:
+        t.add_row(f.name, f.family, f"{f.bits:.4g}", "row" if f.block == 0 else str(f.block), f.description)
+    console.print(t)
+    console.print("recipes (per-tensor type assignment as llama.cpp does it): " + ", ".join(sorted(RECIPES)))
+
+
+@app.command()
+@_cli
+def sweep(
+    model: str = typer.Option(..., "--model", "-m", help="comma-separated models (files or catalogue ids)"),
+    device: str = typer.Option("all", "--device", "-d", help="comma-separated device ids, or 'all'"),
+    scenario: Optional[str] = typer.Option(None, "--scenario", "-s", help="comma-separated scenarios (SISO,LISO,... or P:N)"),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="comma-separated prompt lengths (crossed with --generate)"),
+    generate: Optional[str] = typer.Option(None, "--generate", help="comma-separated generated lengths"),
+    batch: str = typer.Option("1", "--batch", "-b", help="comma-separated batch sizes"),
+    layers: Optional[str] = typer.Option(None, "--layers", help="comma-separated depths (first N layers)"),
+    weights: str = typer.Option("bf16", "--weights", "-w", help="comma-separated weight formats or recipes"),
+    acts: str = _ACTS,
+    kv: Optional[str] = _KV,
+    as_json: bool = typer.Option(False, "--json", help="print JSON rows"),
+    as_csv: bool = typer.Option(False, "--csv", help="print CSV rows"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write rows to this file (.json or .csv)"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="also plot --y against --x to this PNG/SVG stem"),
+    x: str = typer.Option("prompt", "--x", help="sweep column on the plot's x axis"),
+    y: str = typer.Option("decode_tokens_per_s", "--y", help="sweep column on the plot's y axis"),
+    device_file: Optional[Path] = _DEVICE_FILE,
+) -> None:
+    """Sweep the roofline over models, depths, scenarios, batches, formats and devices."""
+    from rich.progress import Progress
+
+    from ridgeline.io import write_json, write_text
+    from ridgeline.report.plot import plot_sweep
+    from ridgeline.report.tables import seconds, si
+    from ridgeline.roofline.sweep import COLUMNS, SweepAxes, rows_to_csv, run_sweep
+    from ridgeline.specs.device import catalogue, get_device
+    from ridgeline.specs.model import load_spec
+    from ridgeline.specs.scenario import Scenario, parse_scenario
+
+    extra = (device_file,) if device_file else ()
+    devs = (tuple(catalogue(extra).values()) if device.strip().lower() == "all"
+            else tuple(get_device(d, extra) for d in _csv_list(device, "--device")))
+    scenarios = [parse_scenario(s) for s in _csv_list(scenario, "--scenario")] if scenario else []
+    if prompt or generate:
+        ps = _int_list(prompt or "128", "--prompt")
+        ns = _int_list(generate or "128", "--generate")
+        scenarios += [Scenario(p, n) for p in ps for n in ns]
+    if not scenarios:
+        scenarios = [parse_scenario("SISO")]
+    specs = tuple(load_spec(m) for m in _csv_list(model, "--model"))
+    axes = SweepAxes(models=specs, devices=devs, scenarios=tuple(scenarios),
+                     weights=tuple(w.lower() for w in _csv_list(weights, "--weights")),
+                     layers=tuple(_int_list(layers, "--layers")) if layers else (None,),
+                     batches=tuple(_int_list(batch, "--batch")), acts=acts,
+                     kv=kv or (acts if acts in ("fp32", "fp16", "bf16") else "bf16"))
+    start = time.perf_counter()
+    with Progress(console=err_console, transient=True, disable=as_json or as_csv) as progress:
+        task = progress.add_task("sweep", total=axes.size)
+        rows = run_sweep(axes, progress=lambda n: progress.advance(task, n))
+    wall = time.perf_counter() - start
+    if out:
+        if out.suffix == ".csv":
+            write_text(out, rows_to_csv(rows))
+        else:
+            write_json(out, {"rows": rows, "wall_time_s": wall})
+    if plot:
+        varying = [c for c in ("model", "layers", "device", "scenario", "prompt", "generate", "batch", "weights")
+                   if c != x and len({r[c] for r in rows}) > 1]
+        plot_sweep(rows, x, y, plot, group_by=varying, title=f"{y} vs {x}")
+    if as_json:
+        print(json.dumps({"rows": rows, "wall_time_s": wall}, indent=2))
+    elif as_csv:
+        sys.stdout.write(rows_to_csv(rows))
+    else:
+        t = Table(title=f"sweep: {len(rows)} rows in {seconds(wall)}")
+        shown = ("model", "layers", "device", "scenario", "batch", "weights", "ttft_s", "decode_tokens_per_s",
+                 "decode_intensity", "decode_bound", "memory_bytes", "fits")
+        for c in shown:
+            t.add_column(c)
+        for r in rows:
+            if r.get("error"):
+                t.add_row(*[str(r.get(c, "")) for c in shown[:6]], f"[red]{r['error']}[/red]", *[""] * 5)
+                continue
+            t.add_row(r["model"], str(r["layers"]), r["device"], r["scenario"], str(r["batch"]), r["weights"],
+                      seconds(r["ttft_s"]), f"{r['decode_tokens_per_s']:.4g}" if r["decode_tokens_per_s"] else "-",
+                      f"{r['decode_intensity']:.3g}", r["decode_bound"], si(r["memory_bytes"], "B"),
+                      "yes" if r["fits"] else "[red]no[/red]")
+        console.print(t)
+    _ = COLUMNS
+
+
+@app.command()
+@_cli
+def plot(
+    model: str = _MODEL,
+    device: str = _DEVICE,
+    scenario: str = typer.Option("SISO", "--scenario", "-s", help="SISO, LISO, SILO, LILO or P:N"),
+    batch: int = typer.Option(1, "--batch", "-b"),
+    weights: Optional[str] = _WEIGHTS,
+    acts: str = _ACTS,
+    kv: Optional[str] = _KV,
+    operators: bool = typer.Option(True, "--operators/--phases-only", help="also plot every operator"),
+    out: Path = typer.Option(Path("roofline"), "--out", "-o", help="output stem: writes STEM.png and STEM.svg"),
+    device_file: Optional[Path] = _DEVICE_FILE,
+) -> None:
+    """Draw the device roofline with the workload's phases and operators to PNG and SVG."""
+    from ridgeline.report.plot import device_roofs, plot_roofline, prediction_points
+    from ridgeline.roofline.evaluate import evaluate
+    from ridgeline.roofline.workload import build_workload
+    from ridgeline.specs.device import get_device
+    from ridgeline.specs.model import load_spec
+    from ridgeline.specs.scenario import parse_scenario
+
+    dev = get_device(device, (device_file,) if device_file else ())
+    spec = load_spec(model)
+    wl = build_workload(spec, parse_scenario(scenario, batch), _precision(spec, weights, acts, kv, None))
+    pred = evaluate(wl, dev)
+    paths = plot_roofline(device_roofs(pred, ("fp32", "bf16", "int8")), prediction_points(pred, operators), out,
+                          title=f"{spec.name} · {wl.scenario.label} · {wl.precision.weights} on {dev.name}")
+    for p in paths:
+        console.print(f"wrote {p}")
+
+
+@app.command()
+@_cli
+def demo(out: Path = typer.Option(Path("results/demo"), "--out", "-o", help="results folder")) -> None:
+    """The main job on the bundled model: analysis, per-operator table, sweep and roofline plot."""
+    from ridgeline.io import write_json
+    from ridgeline.report.plot import device_roofs, plot_roofline, plot_sweep, prediction_points
+    from ridgeline.report.tables import memory_table, operator_table, summary_table
+    from ridgeline.roofline.evaluate import evaluate, prediction_json
+    from ridgeline.roofline.sweep import SweepAxes, run_sweep
+    from ridgeline.roofline.workload import build_workload
+    from ridgeline.specs.device import get_device
+    from ridgeline.specs.model import load_spec
+    from ridgeline.specs.scenario import GRID, Precision, parse_scenario
+
+    spec = load_spec("smollm2-135m")
+    dev = get_device("epyc-zen4-2vcpu")
+    console.rule(f"[bold]ridgeline demo: {spec.name} on {dev.name}")
+    wl = build_workload(spec, parse_scenario("SISO"), Precision("bf16", "bf16", "bf16"))
+    pred = evaluate(wl, dev)
+    console.print(summary_table(pred))
+    console.print(memory_table(pred))
+    console.print(operator_table(pred, "decode"))
+    write_json(out / "analyze_siso_bf16.json", prediction_json(pred, per_operator=True))
+    plot_roofline(device_roofs(pred, ("fp32", "int8")), prediction_points(pred, True), out / "roofline",
+                  title=f"{spec.name} · SISO · bf16 on {dev.name}")
+    axes = SweepAxes(models=(spec,), devices=(dev, get_device("raspberry-pi-5"), get_device("rtx-4090")),
+                     scenarios=tuple(parse_scenario(s) for s in GRID),
+                     weights=("fp32", "bf16", "q8_0", "q4_k_m", "q4_0"))
+    rows = run_sweep(axes)
+    write_json(out / "sweep.json", {"rows": rows})
+    plot_sweep(rows, "weights", "decode_tokens_per_s", out / "sweep_decode",
+               group_by=("device", "scenario"), title=f"{spec.name}: predicted decode tok/s")
+    console.print(f"results in {out}/ (analyze_siso_bf16.json, roofline.png/.svg, sweep.json, sweep_decode.png/.svg)")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

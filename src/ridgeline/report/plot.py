@@ -1,0 +1,151 @@
+"""Roofline and sweep plots (matplotlib, headless), written to PNG and SVG atomically."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from ridgeline.io import atomic_path
+from ridgeline.roofline.evaluate import Prediction
+
+
+@dataclass(frozen=True)
+class Roof:
+    """One roof: memory slope `bandwidth_Bps` up to the ridge, then `peak_flops` (labelled)."""
+
+    label: str
+    bandwidth_Bps: float
+    peak_flops: float
+    style: str = "-"  # matplotlib line style; measured roofs are drawn dashed
+
+
+@dataclass(frozen=True)
+class Point:
+    """A point on the roofline plot: operational intensity and FLOP/s."""
+
+    label: str
+    intensity: float
+    flops_per_s: float
+    series: str  # legend group, e.g. "analytic prefill", "measured torch bf16"
+    annotate: bool = True
+
+
+def prediction_points(p: Prediction, operators: bool = False) -> list[Point]:
+    """Phase points (and optionally one point per operator) of an analytic prediction."""
+    pts = []
+    for ph in (p.prefill, p.decode):
+        if ph.steps and ph.time_s > 0:
+            pts.append(Point(ph.name, ph.intensity, ph.flops / ph.time_s, f"analytic {ph.name}"))
+        if operators:
+            for o in ph.ops:
+                if o.flops > 0 and o.bytes > 0 and o.time_s > 0:
+                    pts.append(Point(o.name, o.intensity, o.flops / o.time_s, f"{ph.name} operators",
+                                     annotate=ph.name == "decode"))
+    return pts
+
+
+def device_roofs(p: Prediction, dtypes: Sequence[str] = ()) -> list[Roof]:
+    """The device's roof for the workload's compute dtype, plus other dtypes' ceilings if asked."""
+    d = p.device
+    roofs = [Roof(f"{d.name} {p.peak_dtype} ({d.provenance.kind})", d.bandwidth_Bps, p.peak_flops)]
+    for dt in dtypes:
+        if dt in d.peak_flops and dt != p.peak_dtype:
+            roofs.append(Roof(f"{dt} peak", d.bandwidth_Bps, d.peak_flops[dt], ":"))
+    return roofs
+
+
+def plot_roofline(roofs: Sequence[Roof], points: Sequence[Point], out: str | Path, title: str = "") -> list[Path]:
+    """Draw roofs (with ridge points) and labelled points; write `out`.png and `out`.svg."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    ois = [p.intensity for p in points if p.intensity > 0] + [r.peak_flops / r.bandwidth_Bps for r in roofs]
+    lo, hi = min(ois + [0.1]) / 4, max(ois + [100.0]) * 4
+    x = np.logspace(np.log10(lo), np.log10(hi), 256)
+    fig, ax = plt.subplots(figsize=(9, 6))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, r in enumerate(roofs):
+        c = colors[i % len(colors)] if r.style != ":" else "grey"
+        ax.plot(x, np.minimum(r.peak_flops, x * r.bandwidth_Bps), r.style, color=c, lw=2 if r.style != ":" else 1,
+                label=r.label)
+        ridge = r.peak_flops / r.bandwidth_Bps
+        if r.style != ":":
+            ax.plot([ridge], [r.peak_flops], "o", color=c, ms=5)
+            ax.annotate(f"ridge {ridge:.3g} FLOP/B", (ridge, r.peak_flops), textcoords="offset points",
+                        xytext=(4, 6), fontsize=8, color=c)
+    if len(roofs) >= 2 and roofs[0].style != roofs[1].style and roofs[1].style != ":":
+        lower = np.minimum(np.minimum(roofs[0].peak_flops, x * roofs[0].bandwidth_Bps),
+                           np.minimum(roofs[1].peak_flops, x * roofs[1].bandwidth_Bps))
+        upper = np.maximum(np.minimum(roofs[0].peak_flops, x * roofs[0].bandwidth_Bps),
+                           np.minimum(roofs[1].peak_flops, x * roofs[1].bandwidth_Bps))
+        ax.fill_between(x, lower, upper, color="grey", alpha=0.12, label="potential region")
+    markers = "os^Dv<>P*X"
+    series = list(dict.fromkeys(p.series for p in points))
+    for i, s in enumerate(series):
+        pts = [p for p in points if p.series == s]
+        ax.scatter([p.intensity for p in pts], [p.flops_per_s for p in pts], marker=markers[i % len(markers)],
+                   s=40 if "operator" not in s else 14, zorder=3, label=s)
+        for p in pts:
+            if p.annotate:
+                ax.annotate(p.label, (p.intensity, p.flops_per_s), textcoords="offset points", xytext=(4, -10),
+                            fontsize=7)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("operational intensity (FLOP/byte)")
+    ax.set_ylabel("performance (FLOP/s)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    paths = _save(fig, out)
+    plt.close(fig)
+    return paths
+
+
+def plot_sweep(rows: Sequence[dict[str, Any]], x: str, y: str, out: str | Path, group_by: Sequence[str] = (),
+               title: str = "") -> list[Path]:
+    """Line plot of column `y` against `x`, one curve per distinct combination of `group_by` columns."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 6))
+    curves: dict[tuple, list[tuple[float, float]]] = {}
+    for r in rows:
+        if r.get("error") or r.get(y) is None or r.get(x) is None:
+            continue
+        curves.setdefault(tuple(r.get(g) for g in group_by), []).append((r[x], r[y]))
+    for key, pts in curves.items():
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3,
+                label=", ".join(f"{g}={v}" for g, v in zip(group_by, key)) or y)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    if all(isinstance(p[0], (int, float)) and p[0] > 0 for c in curves.values() for p in c):
+        ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.25)
+    ax.set_title(title, fontsize=10)
+    if len(curves) > 1:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths = _save(fig, out)
+    plt.close(fig)
+    return paths
+
+
+def _save(fig, out: str | Path) -> list[Path]:
+    out = Path(out)
+    stem = out.with_suffix("") if out.suffix in (".png", ".svg") else out
+    paths = []
+    for ext in (".png", ".svg"):
+        target = stem.with_suffix(ext)
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, format=ext[1:], dpi=130)
+        paths.append(target)
+    return paths

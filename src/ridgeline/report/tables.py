@@ -1,0 +1,92 @@
+"""Rich tables for analysis results; the CLI prints them, library code only builds them."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from ridgeline.roofline.evaluate import Prediction
+
+
+def si(x: float, unit: str = "", base: float = 1000.0) -> str:
+    """3 significant digits with an SI prefix: si(1.5e9, 'B') -> '1.50 GB'."""
+    if x != x:  # NaN
+        return "nan"
+    if x in (float("inf"), float("-inf")):
+        return "inf"
+    for prefix, scale in (("P", base**5), ("T", base**4), ("G", base**3), ("M", base**2), ("k", base)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g} {prefix}{unit}"
+    return f"{x:.3g} {unit}".rstrip()
+
+
+def seconds(t: float) -> str:
+    """A duration with a readable unit."""
+    if t >= 1:
+        return f"{t:.3g} s"
+    if t >= 1e-3:
+        return f"{t * 1e3:.3g} ms"
+    return f"{t * 1e6:.3g} µs"
+
+
+def summary_table(p: Prediction) -> Table:
+    """Prefill and decode side by side: FLOPs, bytes by kind, OI, attainable, bound, time, tok/s."""
+    w = p.workload
+    t = Table(title=f"{w.model.name} on {p.device.name} — {w.scenario.label}"
+                    f" (prompt {w.scenario.prompt}, generate {w.scenario.generate}, batch {w.scenario.batch}),"
+                    f" weights {w.precision.weights}, acts {w.precision.acts}, KV {w.precision.kv}")
+    t.add_column("")
+    t.add_column("prefill", justify="right")
+    t.add_column("decode", justify="right")
+    rows = [
+        ("FLOPs", lambda ph: si(ph.flops)),
+        ("bytes", lambda ph: si(ph.bytes, "B")),
+        ("  weights", lambda ph: si(ph.bytes_by_kind["weights"], "B")),
+        ("  activations", lambda ph: si(ph.bytes_by_kind["activations"], "B")),
+        ("  KV read", lambda ph: si(ph.bytes_by_kind["kv_read"], "B")),
+        ("  KV write", lambda ph: si(ph.bytes_by_kind["kv_write"], "B")),
+        ("intensity (FLOP/B)", lambda ph: f"{ph.intensity:.3g}"),
+        ("attainable", lambda ph: si(ph.attainable_flops, "FLOP/s")),
+        ("bound", lambda ph: ph.bound),
+        ("time", lambda ph: seconds(ph.time_s)),
+        ("tokens/s", lambda ph: f"{ph.tokens_per_s:.4g}"),
+    ]
+    for label, fn in rows:
+        t.add_row(label, fn(p.prefill), fn(p.decode) if p.decode.steps else "-")
+    d = p.decode
+    if d.steps:
+        t.add_row("time/token first·mean·last", "",
+                  f"{seconds(d.step_times_s[0])} · {seconds(d.time_s / d.steps)} · {seconds(d.step_times_s[-1])}")
+    t.caption = (f"TTFT {seconds(p.ttft_s)}, total {seconds(p.total_s)}; roof: {si(p.device.bandwidth_Bps, 'B/s')}, "
+                 f"{si(p.peak_flops, 'FLOP/s')} {p.peak_dtype} ({p.device.provenance.kind})")
+    return t
+
+
+def memory_table(p: Prediction) -> Table:
+    """Weights + KV + activations against the device's memory, with the verdict."""
+    w = p.workload
+    t = Table(title="memory footprint")
+    t.add_column("part")
+    t.add_column("bytes", justify="right")
+    t.add_row("weights", si(w.weights_bytes, "B"))
+    t.add_row(f"KV cache at {w.scenario.final_context} tokens × {w.scenario.batch}", si(w.kv_bytes, "B"))
+    t.add_row("activations (peak, estimate)", si(w.activation_bytes, "B"))
+    t.add_row("total", si(p.memory_total, "B"))
+    t.add_row(f"{p.device.id} memory", si(p.device.memory_bytes, "B"))
+    t.caption = ("[green]fits[/green]" if p.fits else
+                 f"[bold red]does not fit in {p.device.name} memory[/bold red]")
+    return t
+
+
+def operator_table(p: Prediction, phase: str) -> Table:
+    """Every operator of one phase: per group of identical layers and the model-level ones."""
+    ph = p.prefill if phase == "prefill" else p.decode
+    t = Table(title=f"{phase}: operators (totals over the phase; ×count = layers sharing the row)")
+    for col in ("group", "operator", "×", "FLOPs", "weights", "acts", "KV read", "KV write", "OI", "bound", "time"):
+        t.add_column(col, justify="left" if col in ("group", "operator", "bound") else "right")
+    bw, peak = p.device.bandwidth_Bps, p.peak_flops
+    for o in ph.ops:
+        b = o.bytes_by_kind
+        t.add_row(o.group, o.name, str(o.count), si(o.flops), si(b["weights"], "B"), si(b["activations"], "B"),
+                  si(b["kv_read"], "B"), si(b["kv_write"], "B"), f"{o.intensity:.3g}",
+                  "compute" if o.intensity * bw >= peak else "memory", seconds(o.time_s))
+    return t

@@ -1,0 +1,87 @@
+"""Sweeps: the analytic roofline over models × depths × scenarios × batches × formats × devices."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from ridgeline.errors import RidgelineError
+from ridgeline.roofline.evaluate import evaluate
+from ridgeline.roofline.workload import Options, build_workload
+from ridgeline.specs.device import DeviceSpec
+from ridgeline.specs.model import ModelSpec
+from ridgeline.specs.scenario import Precision, Scenario
+
+#: columns of a sweep row, in table order
+COLUMNS = ("model", "layers", "device", "scenario", "prompt", "generate", "batch", "weights", "acts", "kv",
+           "ttft_s", "prefill_intensity", "prefill_bound", "decode_time_per_token_s", "decode_tokens_per_s",
+           "decode_intensity", "decode_bound", "total_s", "memory_bytes", "fits", "error")
+
+
+@dataclass(frozen=True)
+class SweepAxes:
+    """The values each axis takes; the sweep is their cross product."""
+
+    models: tuple[ModelSpec, ...]
+    devices: tuple[DeviceSpec, ...]
+    scenarios: tuple[Scenario, ...]
+    weights: tuple[str, ...] = ("bf16",)
+    layers: tuple[int | None, ...] = (None,)
+    batches: tuple[int, ...] = (1,)
+    acts: str = "bf16"
+    kv: str = "bf16"
+
+    @property
+    def size(self) -> int:
+        """Number of rows the sweep produces."""
+        return (len(self.models) * len(self.layers) * len(self.scenarios) * len(self.batches)
+                * len(self.weights) * len(self.devices))
+
+
+def run_sweep(axes: SweepAxes, options: Options | None = None, progress=None) -> list[dict[str, Any]]:
+    """One row per combination; a workload is built once and evaluated on every device.
+
+    A combination that cannot be built (a format whose block does not divide a row) gives rows with
+    `error` set instead of stopping the sweep. `progress(n)` is called after each workload.
+    """
+    rows: list[dict[str, Any]] = []
+    for model, n_layers, sc, batch, weights in itertools.product(axes.models, axes.layers, axes.scenarios,
+                                                                 axes.batches, axes.weights):
+        spec = model.with_layers(n_layers) if n_layers else model
+        scenario = Scenario(sc.prompt, sc.generate, batch, sc.name)
+        base = {"model": model.name, "layers": spec.n_layers, "scenario": scenario.label,
+                "prompt": scenario.prompt, "generate": scenario.generate, "batch": batch,
+                "weights": weights, "acts": axes.acts, "kv": axes.kv}
+        try:
+            workload = build_workload(spec, scenario, Precision(weights, axes.acts, axes.kv), options)
+        except RidgelineError as exc:
+            rows += [{**base, "device": d.id, "error": str(exc)} for d in axes.devices]
+            if progress:
+                progress(len(axes.devices))
+            continue
+        for device in axes.devices:
+            p = evaluate(workload, device)
+            d = p.decode
+            rows.append({**base, "device": device.id, "ttft_s": p.ttft_s,
+                         "prefill_intensity": p.prefill.intensity, "prefill_bound": p.prefill.bound,
+                         "decode_time_per_token_s": d.time_s / d.steps if d.steps else None,
+                         "decode_tokens_per_s": d.tokens_per_s if d.steps else None,
+                         "decode_intensity": d.intensity, "decode_bound": d.bound, "total_s": p.total_s,
+                         "memory_bytes": p.memory_total, "fits": p.fits, "error": None})
+        if progress:
+            progress(len(axes.devices))
+    return rows
+
+
+def rows_to_csv(rows: Iterable[dict[str, Any]]) -> str:
+    """CSV with the COLUMNS header."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow(r)
+    return buf.getvalue()

@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny configs of every supported family, and an isolated user directory."""
+
+import pytest
+
+BASE = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=320, max_position_embeddings=256)
+
+#: model_type -> extra config fields of a tiny member of that family
+FAMILIES = {
+    "llama": {},
+    "llama_bias": dict(attention_bias=True, mlp_bias=True, tie_word_embeddings=True),
+    "llama_mha": dict(num_key_value_heads=4),
+    "llama_mqa": dict(num_key_value_heads=1),
+    "mistral": dict(sliding_window=16),
+    "qwen2": {},
+    "qwen3": dict(head_dim=32),
+    "gemma": dict(head_dim=16),
+    "gemma3_text": dict(head_dim=16, sliding_window=8, layer_types=["sliding_attention", "sliding_attention", "full_attention"]),
+    "phi3": dict(pad_token_id=0),
+    "gpt_neox": dict(rotary_pct=0.25),
+    "mixtral": dict(num_local_experts=4, num_experts_per_tok=2),
+    "qwen2_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                      shared_expert_intermediate_size=48, mlp_only_layers=[1]),
+    "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, head_dim=32),
+    "deepseek_v2": dict(num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, n_shared_experts=1,
+                        first_k_dense_replace=1, q_lora_rank=None, kv_lora_rank=16, qk_nope_head_dim=8,
+                        qk_rope_head_dim=4, v_head_dim=12, n_group=1, topk_group=1),
+    "deepseek_v3": dict(num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, n_shared_experts=1,
+                        first_k_dense_replace=1, q_lora_rank=24, kv_lora_rank=16, qk_nope_head_dim=8,
+                        qk_rope_head_dim=4, v_head_dim=12, n_group=1, topk_group=1),
+}
+
+
+def family_config(key: str) -> dict:
+    """A config.json-like dict for a tiny member of family `key` (suffixes name variants)."""
+    model_type = key.split("_")[0] if key.startswith("llama_") else key
+    return {"model_type": model_type, **BASE, **FAMILIES[key]}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("RIDGELINE_HOME", str(tmp_path_factory.mktemp("ridgeline_home")))
