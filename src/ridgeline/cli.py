@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import math
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ridgeline.errors import RidgelineError
@@ -30,13 +33,40 @@ def _cli(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except RidgelineError as exc:
-            err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+            # one line, and the message is text, not rich markup (paths may hold '[...]')
+            message = " ".join(str(exc).split())
+            err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn an OS error while writing `path` (a folder, no permission, disk full) into a RidgelineError."""
+    try:
+        yield
+    except OSError as exc:
+        raise RidgelineError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _finite(obj: Any) -> Any:
+    """The record with non-finite floats (an operator moving no bytes has infinite intensity) as null:
+    `Infinity`/`NaN` are not JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(_finite(obj), indent=2, allow_nan=False)
 
 
 def _csv_list(text: str, what: str) -> list[str]:
@@ -59,9 +89,16 @@ def _precision(model, weights: Optional[str], acts: str, kv: Optional[str], comp
 
     if weights is None:
         weights = "stored" if model.gguf_tensors is not None else "bf16"
-    if kv is None:
-        kv = acts if get_format(acts).family == "float" else "bf16"
-    return Precision(weights=weights, acts=acts, kv=kv, compute=compute)
+    return Precision(weights=weights, acts=acts, kv=_kv_default(acts, kv), compute=compute)
+
+
+def _kv_default(acts: str, kv: Optional[str]) -> str:
+    """--kv if given, else the activation format when it is a float format, else bf16."""
+    from ridgeline.specs.formats import get_format
+
+    if kv is not None:
+        return kv
+    return acts if get_format(acts).family == "float" else "bf16"
 
 
 def _options(attention: str, act_traffic: str, logits: str, mla_cache: str, mla_decode: str, causal: bool):
@@ -98,7 +135,7 @@ def analyze(
     acts: str = _ACTS,
     kv: Optional[str] = _KV,
     compute: Optional[str] = _COMPUTE,
-    layers: Optional[int] = typer.Option(None, "--layers", help="keep only the first N layers"),
+    layers: Optional[int] = typer.Option(None, "--layers", help="model depth N: the first N layers (beyond the model's depth its layers repeat)"),
     attention: str = _ATTN,
     act_traffic: str = _TRAFFIC,
     logits: str = _LOGITS,
@@ -127,11 +164,12 @@ def analyze(
     prec = _precision(spec, weights, acts, kv, compute)
     wl = build_workload(spec, sc, prec, _options(attention, act_traffic, logits, mla_cache, mla_decode, causal))
     pred = evaluate(wl, dev)
-    record = prediction_json(pred, per_operator)
+    record = _finite(prediction_json(pred, per_operator))
     if out:
-        write_json(out, record)
+        with _writing(out):
+            write_json(out, record)
     if as_json:
-        print(json.dumps(record, indent=2))
+        print(_dumps(record))
         return
     console.print(summary_table(pred))
     console.print(memory_table(pred))
@@ -152,15 +190,15 @@ def devices(
 
     devs = catalogue((device_file,) if device_file else ())
     if as_json:
-        print(json.dumps({"devices": [d.to_json() for d in devs.values()]}, indent=2))
+        print(_dumps({"devices": [d.to_json() for d in devs.values()]}))
         return
     t = Table(title="devices (peaks are dense FLOP/s or OP/s)")
     for col in ("id", "name", "memory", "bandwidth", *DTYPES, "TDP", "provenance"):
         t.add_column(col, justify="right" if col not in ("id", "name", "provenance") else "left")
     for d in devs.values():
-        t.add_row(d.id, d.name, si(d.memory_bytes, "B", 1024), si(d.bandwidth_Bps, "B/s"),
+        t.add_row(escape(d.id), escape(d.name), si(d.memory_bytes, "B", 1024), si(d.bandwidth_Bps, "B/s"),
                   *[si(d.peak_flops[k]) if k in d.peak_flops else "" for k in DTYPES],
-                  f"{d.tdp_w:g} W" if d.tdp_w else "", f"{d.provenance.kind}, {d.provenance.date}")
+                  f"{d.tdp_w:g} W" if d.tdp_w else "", escape(f"{d.provenance.kind}, {d.provenance.date}"))
     console.print(t)
 
 
@@ -181,7 +219,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="print as JSON")) 
                      "kv_bytes_per_token_bf16": sum(2 * spec.kv_elements_per_token(l) for l in spec.layers),
                      "tied": spec.tied, "moe": any(l.moe for l in spec.layers)})
     if as_json:
-        print(json.dumps({"models": rows}, indent=2))
+        print(_dumps({"models": rows}))
         return
     t = Table(title="model catalogue")
     for col in ("id", "hf id", "type", "params", "layers", "hidden", "attention", "KV/token bf16", "tied", "MoE"):
@@ -202,9 +240,9 @@ def formats(as_json: bool = typer.Option(False, "--json", help="print as JSON"))
 
     fmts = list_formats()
     if as_json:
-        print(json.dumps({"formats": [{"name": f.name, "family": f.family, "bits": f.bits, "block": f.block,
-                                       "description": f.description} for f in fmts],
-                          "recipes": sorted(RECIPES)}, indent=2))
+        print(_dumps({"formats": [{"name": f.name, "family": f.family, "bits": f.bits, "block": f.block,
+                                   "description": f.description} for f in fmts],
+                      "recipes": sorted(RECIPES)}))
         return
     t = Table(title="number formats (per-channel: + per-row scale bytes / row length)")
     for col in ("name", "family", "bits/element", "block", "description"):
@@ -230,10 +268,10 @@ def sweep(
     kv: Optional[str] = _KV,
     as_json: bool = typer.Option(False, "--json", help="print JSON rows"),
     as_csv: bool = typer.Option(False, "--csv", help="print CSV rows"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write rows to this file (.json or .csv)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write rows to this file: CSV if it ends in .csv, else JSON"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="also plot --y against --x to this PNG/SVG stem"),
-    x: str = typer.Option("prompt", "--x", help="sweep column on the plot's x axis"),
-    y: str = typer.Option("decode_tokens_per_s", "--y", help="sweep column on the plot's y axis"),
+    x: str = typer.Option("prompt", "--x", help="sweep column on the plot's x axis (a name from the CSV header)"),
+    y: str = typer.Option("decode_tokens_per_s", "--y", help="numeric sweep column on the plot's y axis"),
     device_file: Optional[Path] = _DEVICE_FILE,
 ) -> None:
     """Sweep the roofline over models, depths, scenarios, batches, formats and devices."""
@@ -244,7 +282,9 @@ def sweep(
     from ridgeline.report.tables import seconds, si
     from ridgeline.roofline.sweep import COLUMNS, SweepAxes, rows_to_csv, run_sweep
     from ridgeline.specs.device import catalogue, get_device
+    from ridgeline.specs.formats import get_format
     from ridgeline.specs.model import load_spec
+    from ridgeline.specs.recipes import is_recipe
     from ridgeline.specs.scenario import Scenario, parse_scenario
 
     extra = (device_file,) if device_file else ()
@@ -258,27 +298,51 @@ def sweep(
     if not scenarios:
         scenarios = [parse_scenario("SISO")]
     specs = tuple(load_spec(m) for m in _csv_list(model, "--model"))
-    axes = SweepAxes(models=specs, devices=devs, scenarios=tuple(scenarios),
-                     weights=tuple(w.lower() for w in _csv_list(weights, "--weights")),
-                     layers=tuple(_int_list(layers, "--layers")) if layers else (None,),
-                     batches=tuple(_int_list(batch, "--batch")), acts=acts,
-                     kv=kv or (acts if acts in ("fp32", "fp16", "bf16") else "bf16"))
+    batches = tuple(_int_list(batch, "--batch"))
+    depths = tuple(_int_list(layers, "--layers")) if layers else (None,)
+    for b in batches:
+        if b < 1:
+            raise RidgelineError(f"--batch: batch sizes must be >= 1, got {b}")
+    for n in depths:
+        if n is not None and n < 1:
+            raise RidgelineError(f"--layers: depths must be >= 1, got {n}")
+    if plot:
+        numeric = [c for c in COLUMNS if c not in ("model", "device", "scenario", "weights", "acts", "kv",
+                                                   "prefill_bound", "decode_bound", "fits", "error")]
+        if x not in COLUMNS or x == "error":
+            raise RidgelineError(f"--x {x!r} is not a sweep column; one of {', '.join(c for c in COLUMNS if c != 'error')}")
+        if y not in numeric:
+            raise RidgelineError(f"--y {y!r} is not a numeric sweep column; one of {', '.join(numeric)}")
+    formats = tuple(w.lower() for w in _csv_list(weights, "--weights"))
+    # a misspelt format is bad input (exit 2); a format that does not fit a model's rows is a row's error
+    for w in formats:
+        if not is_recipe(w):
+            get_format(w)
+    kv = _kv_default(acts, kv)
+    get_format(kv)
+    axes = SweepAxes(models=specs, devices=devs, scenarios=tuple(scenarios), weights=formats,
+                     layers=depths, batches=batches, acts=acts, kv=kv)
     start = time.perf_counter()
-    with Progress(console=err_console, transient=True, disable=as_json or as_csv) as progress:
+    # the progress bar only on a terminal: elsewhere rich would still leave a blank line on stderr
+    with Progress(console=err_console, transient=True,
+                  disable=as_json or as_csv or not err_console.is_terminal) as progress:
         task = progress.add_task("sweep", total=axes.size)
         rows = run_sweep(axes, progress=lambda n: progress.advance(task, n))
     wall = time.perf_counter() - start
+    rows = _finite(rows)
     if out:
-        if out.suffix == ".csv":
-            write_text(out, rows_to_csv(rows))
-        else:
-            write_json(out, {"rows": rows, "wall_time_s": wall})
+        with _writing(out):
+            if out.suffix.lower() == ".csv":
+                write_text(out, rows_to_csv(rows))
+            else:
+                write_json(out, {"rows": rows, "wall_time_s": wall})
     if plot:
         varying = [c for c in ("model", "layers", "device", "scenario", "prompt", "generate", "batch", "weights")
                    if c != x and len({r[c] for r in rows}) > 1]
-        plot_sweep(rows, x, y, plot, group_by=varying, title=f"{y} vs {x}")
+        with _writing(plot):
+            plot_sweep(rows, x, y, plot, group_by=varying, title=f"{y} vs {x}")
     if as_json:
-        print(json.dumps({"rows": rows, "wall_time_s": wall}, indent=2))
+        print(_dumps({"rows": rows, "wall_time_s": wall}))
     elif as_csv:
         sys.stdout.write(rows_to_csv(rows))
     else:
@@ -289,14 +353,14 @@ def sweep(
             t.add_column(c)
         for r in rows:
             if r.get("error"):
-                t.add_row(*[str(r.get(c, "")) for c in shown[:6]], f"[red]{r['error']}[/red]", *[""] * 5)
+                t.add_row(*[escape(str(r.get(c, ""))) for c in shown[:6]], f"[red]{escape(r['error'])}[/red]", *[""] * 5)
                 continue
-            t.add_row(r["model"], str(r["layers"]), r["device"], r["scenario"], str(r["batch"]), r["weights"],
-                      seconds(r["ttft_s"]), f"{r['decode_tokens_per_s']:.4g}" if r["decode_tokens_per_s"] else "-",
-                      f"{r['decode_intensity']:.3g}", r["decode_bound"], si(r["memory_bytes"], "B"),
-                      "yes" if r["fits"] else "[red]no[/red]")
+            t.add_row(escape(r["model"]), str(r["layers"]), escape(r["device"]), escape(r["scenario"]), str(r["batch"]),
+                      escape(r["weights"]), seconds(r["ttft_s"]),
+                      f"{r['decode_tokens_per_s']:.4g}" if r["decode_tokens_per_s"] else "-",
+                      f"{r['decode_intensity']:.3g}" if r["decode_intensity"] is not None else "-",
+                      r["decode_bound"], si(r["memory_bytes"], "B"), "yes" if r["fits"] else "[red]no[/red]")
         console.print(t)
-    _ = COLUMNS
 
 
 @app.command()
@@ -325,10 +389,11 @@ def plot(
     spec = load_spec(model)
     wl = build_workload(spec, parse_scenario(scenario, batch), _precision(spec, weights, acts, kv, None))
     pred = evaluate(wl, dev)
-    paths = plot_roofline(device_roofs(pred, ("fp32", "bf16", "int8")), prediction_points(pred, operators), out,
-                          title=f"{spec.name} · {wl.scenario.label} · {wl.precision.weights} on {dev.name}")
+    with _writing(out):
+        paths = plot_roofline(device_roofs(pred, ("fp32", "bf16", "int8")), prediction_points(pred, operators), out,
+                              title=f"{spec.name} · {wl.scenario.label} · {wl.precision.weights} on {dev.name}")
     for p in paths:
-        console.print(f"wrote {p}")
+        console.print(f"wrote {escape(str(p))}", highlight=False)
 
 
 @app.command()
@@ -353,17 +418,20 @@ def demo(out: Path = typer.Option(Path("results/demo"), "--out", "-o", help="res
     console.print(summary_table(pred))
     console.print(memory_table(pred))
     console.print(operator_table(pred, "decode"))
-    write_json(out / "analyze_siso_bf16.json", prediction_json(pred, per_operator=True))
-    plot_roofline(device_roofs(pred, ("fp32", "int8")), prediction_points(pred, True), out / "roofline",
-                  title=f"{spec.name} · SISO · bf16 on {dev.name}")
+    with _writing(out):
+        write_json(out / "analyze_siso_bf16.json", _finite(prediction_json(pred, per_operator=True)))
+        plot_roofline(device_roofs(pred, ("fp32", "int8")), prediction_points(pred, True), out / "roofline",
+                      title=f"{spec.name} · SISO · bf16 on {dev.name}")
     axes = SweepAxes(models=(spec,), devices=(dev, get_device("raspberry-pi-5"), get_device("rtx-4090")),
                      scenarios=tuple(parse_scenario(s) for s in GRID),
                      weights=("fp32", "bf16", "q8_0", "q4_k_m", "q4_0"))
     rows = run_sweep(axes)
-    write_json(out / "sweep.json", {"rows": rows})
-    plot_sweep(rows, "weights", "decode_tokens_per_s", out / "sweep_decode",
-               group_by=("device", "scenario"), title=f"{spec.name}: predicted decode tok/s")
-    console.print(f"results in {out}/ (analyze_siso_bf16.json, roofline.png/.svg, sweep.json, sweep_decode.png/.svg)")
+    with _writing(out):
+        write_json(out / "sweep.json", {"rows": _finite(rows)})
+        plot_sweep(rows, "weights", "decode_tokens_per_s", out / "sweep_decode",
+                   group_by=("device", "scenario"), title=f"{spec.name}: predicted decode tok/s")
+    console.print(f"results in {escape(str(out))}/ (analyze_siso_bf16.json, roofline.png/.svg, sweep.json, "
+                  "sweep_decode.png/.svg)", highlight=False)
 
 
 def main() -> None:

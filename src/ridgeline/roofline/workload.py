@@ -150,7 +150,7 @@ def tensor_formats(model: ModelSpec, precision: Precision) -> dict[str, tuple[Nu
         for t in tensors:
             out[t.name] = (_ggml_or_float(t.ggml_type or "f32"), int(t.nbytes or 0))
         return out
-    if is_recipe(precision.weights):
+    if is_recipe(precision.weights) and get_format_family(precision.weights) != "float":
         att0 = model.layers[0].attention
         ctx = RecipeContext(n_layers=model.n_layers,
                             n_experts=max((l.moe.n_experts for l in model.layers if l.moe), default=0),
@@ -168,6 +168,14 @@ def tensor_formats(model: ModelSpec, precision: Precision) -> dict[str, tuple[Nu
         fmt = weight_fmt if len(t.shape) >= 2 else dense  # 1-D tensors (norms, biases) stay unquantized
         out[t.name] = (fmt, fmt.tensor_bytes(t.shape, t.name))
     return out
+
+
+def get_format_family(name: str) -> str:
+    """'float' for plain float names (f16, bf16, ...): those mean a torch-style dense model, not a GGUF recipe."""
+    try:
+        return get_format(name).family
+    except RidgelineError:
+        return "recipe"
 
 
 def _ggml_or_float(name: str) -> NumberFormat:

@@ -135,7 +135,7 @@ def _int(bits: int, group: int, asym: bool) -> NumberFormat:
 
 def _bfp(block: int, mantissa: int) -> NumberFormat:
     if block < 1 or not 1 <= mantissa <= 23:
-        raise RidgelineError(f"bfp needs block >= 1 and 1..23 mantissa bits, got block {block}, mantissa {mantissa}")
+        raise RidgelineError(f"bfp format needs block >= 1 and 1..23 mantissa bits, got block {block}, mantissa {mantissa}")
     # Harmonia-style BFP: each element keeps sign + `mantissa` magnitude bits; the block shares an 8-bit exponent.
     elem = 1 + mantissa
     return NumberFormat(f"bfp{block}m{mantissa}", "bfp", elem, block, (block * elem + 8) / 8,

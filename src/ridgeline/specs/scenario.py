@@ -69,7 +69,7 @@ class Precision:
         from ridgeline.specs.recipes import is_recipe
 
         object.__setattr__(self, "weights", self.weights.lower())
-        if not is_recipe(self.weights):
+        if self.weights != "stored" and not is_recipe(self.weights):  # "stored": a GGUF's own tensor types
             get_format(self.weights)
         for f in (self.acts, self.kv):
             get_format(f)
