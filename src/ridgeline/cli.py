@@ -222,10 +222,11 @@ def models(as_json: bool = typer.Option(False, "--json", help="print as JSON")) 
         print(_dumps({"models": rows}))
         return
     t = Table(title="model catalogue")
-    for col in ("id", "hf id", "type", "params", "layers", "hidden", "attention", "KV/token bf16", "tied", "MoE"):
-        t.add_column(col, justify="right" if col in ("params", "layers", "hidden", "KV/token bf16") else "left")
+    for col in ("id", "type", "params", "layers", "hidden", "attention", "KV/token bf16", "tied", "MoE"):
+        t.add_column(col, justify="right" if col in ("params", "layers", "hidden", "KV/token bf16") else "left",
+                     no_wrap=True)
     for r in rows:
-        t.add_row(r["id"], r["hf_id"] or "", r["model_type"], si(r["params"]), str(r["layers"]), str(r["hidden"]),
+        t.add_row(r["id"], r["model_type"], si(r["params"]), str(r["layers"]), str(r["hidden"]),
                   r["attention"], si(r["kv_bytes_per_token_bf16"], "B"), "yes" if r["tied"] else "",
                   "yes" if r["moe"] else "")
     console.print(t)

@@ -64,18 +64,27 @@ class Operator:
     count: int
     flops: np.ndarray
     bytes: dict[str, np.ndarray]
+    _memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     def total_flops(self, steps: int) -> float:
         """FLOPs over all instances and steps."""
-        return self.count * _sum(self.flops, steps)
+        key = ("flops", steps)
+        if key not in self._memo:
+            self._memo[key] = self.count * _sum(self.flops, steps)
+        return self._memo[key]
 
     def total_bytes(self, steps: int) -> dict[str, float]:
         """Bytes by kind over all instances and steps."""
-        return {k: self.count * _sum(v, steps) for k, v in self.bytes.items()}
+        key = ("bytes", steps)
+        if key not in self._memo:
+            self._memo[key] = {k: self.count * _sum(v, steps) for k, v in self.bytes.items()}
+        return self._memo[key]
 
     def step_bytes(self) -> np.ndarray:
         """All bytes of one instance per step."""
-        return sum(self.bytes.values())
+        if "step_bytes" not in self._memo:
+            self._memo["step_bytes"] = sum(self.bytes.values())
+        return self._memo["step_bytes"]
 
 
 @dataclass

@@ -22,7 +22,8 @@ _QKV_BIAS_DEFAULT = {"qwen2": True, "qwen2_moe": True, "gpt_neox": True}
 _QK_NORM = {"qwen3", "qwen3_moe", "gemma3_text", "gemma3"}
 _FUSED_QKV = {"phi3", "gpt_neox"}
 _MHA_ONLY = {"gpt_neox", "gpt2", "opt", "gptj"}  # their attention has no KV-head field
-_GELU_MLP = {"gpt_neox", "gpt2", "opt", "gptj", "falcon"}
+_PLAIN_MLP = {"gpt_neox", "gpt2", "opt", "gptj", "falcon", "plm"}  # up, activation, down (no gate)
+_LAYERNORM = {"gpt_neox", "gpt2", "opt", "gptj", "falcon"}  # LayerNorm with bias, biased linears
 
 
 @dataclass(frozen=True)
@@ -297,8 +298,8 @@ def spec_from_config(cfg: dict[str, Any], name: str = "model", source: str = "")
     if nq % nkv:
         raise RidgelineError(f"{where}: num_attention_heads {nq} is not a multiple of num_key_value_heads {nkv}")
     tied = bool(cfg.get("tie_word_embeddings", _TIED_DEFAULT.get(mt, False)))
-    gelu_mlp = mt in _GELU_MLP
-    norm_bias = mt in _GELU_MLP
+    plain_mlp = mt in _PLAIN_MLP
+    norm_bias = mt in _LAYERNORM
     attn_bias = cfg.get("attention_bias", _QKV_BIAS_DEFAULT.get(mt, False))
     qkv_bias = bool(attn_bias)
     o_bias = bool(attn_bias) and mt not in ("qwen2", "qwen2_moe")
@@ -329,7 +330,7 @@ def spec_from_config(cfg: dict[str, Any], name: str = "model", source: str = "")
         if i in moe_layers:
             layers.append(Layer(att, moe=moe, n_norms=n_norms))
         else:
-            ffn = FFN(dense_f, glu=not gelu_mlp, bias=gelu_mlp or bool(cfg.get("mlp_bias", False)),
+            ffn = FFN(dense_f, glu=not plain_mlp, bias=norm_bias or bool(cfg.get("mlp_bias", False)),
                       fused_gate_up=mt == "phi3")
             layers.append(Layer(att, ffn=ffn, n_norms=n_norms, norm_bias=norm_bias,
                                 parallel=mt == "gpt_neox" and bool(cfg.get("use_parallel_residual", True))))
@@ -339,8 +340,10 @@ def spec_from_config(cfg: dict[str, Any], name: str = "model", source: str = "")
 
 
 def _layer_windows(cfg: dict, mt: str, n: int, where: str) -> list[int | None]:
-    w = cfg.get("sliding_window")
+    w = cfg.get("sliding_window") or cfg.get("sliding_window_size")
     types = cfg.get("layer_types")
+    if types is None and isinstance(cfg.get("sliding_window_layout"), list):  # SmallThinker: 1 = sliding
+        types = ["sliding_attention" if x else "full_attention" for x in cfg["sliding_window_layout"]]
     if types is not None:
         if not isinstance(types, list) or len(types) != n:
             raise RidgelineError(f"{where}: field 'layer_types' must list one type per layer ({n})")
@@ -362,14 +365,15 @@ def _layer_windows(cfg: dict, mt: str, n: int, where: str) -> list[int | None]:
 
 
 def _moe(cfg: dict, mt: str, n: int, where: str) -> tuple[set[int], MoE | None]:
-    e = cfg.get("num_local_experts") or cfg.get("num_experts") or cfg.get("n_routed_experts")
+    e = (cfg.get("num_local_experts") or cfg.get("num_experts") or cfg.get("n_routed_experts")
+         or cfg.get("moe_num_primary_experts"))
     if not e:
         return set(), None
     e = _get({"n_experts": e}, ("n_experts",), where)
-    k = _get(cfg, ("num_experts_per_tok", "moe_top_k"), where)
+    k = _get(cfg, ("num_experts_per_tok", "moe_top_k", "moe_num_active_primary_experts"), where)
     if k > e:
         raise RidgelineError(f"{where}: num_experts_per_tok {k} exceeds the number of experts {e}")
-    fe = _get(cfg, ("moe_intermediate_size", "intermediate_size"), where)
+    fe = _get(cfg, ("moe_intermediate_size", "moe_ffn_hidden_size", "intermediate_size"), where)
     shared, gate = 0, False
     if cfg.get("shared_expert_intermediate_size"):
         shared, gate = cfg["shared_expert_intermediate_size"], True
