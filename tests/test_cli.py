@@ -213,17 +213,12 @@ def test_out_to_a_folder_is_an_error_not_a_traceback(tmp_path):
     no_tmp_left(tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="specs/device.py load_device_file: read_text() raises UnicodeDecodeError "
-                                       "(not OSError) on a non-UTF-8 device file, so it escapes as a traceback")
 def test_binary_device_file(tmp_path):
     f = tmp_path / "dev.toml"
     f.write_bytes(b"\xff\xfe\x00garbage")
     assert_one_line_error(run("devices", "--device-file", f), "dev.toml")
 
 
-@pytest.mark.xfail(strict=True, reason="specs/model.py spec_from_config: non-object 'text_config' / "
-                                       "'rope_parameters' or a string 'partial_rotary_factor' raise "
-                                       "TypeError/AttributeError/ValueError instead of RidgelineError")
 @pytest.mark.parametrize("extra", [{"text_config": 5}, {"rope_parameters": 5}, {"partial_rotary_factor": "x"}],
                          ids=["text_config", "rope_parameters", "partial_rotary_factor"])
 def test_wrongly_typed_config_fields(tmp_path, extra):

@@ -89,10 +89,9 @@ def plot_roofline(roofs: Sequence[Roof], points: Sequence[Point], out: str | Pat
         pts = [p for p in points if p.series == s]
         ax.scatter([p.intensity for p in pts], [p.flops_per_s for p in pts], marker=markers[i % len(markers)],
                    s=40 if "operator" not in s else 14, zorder=3, label=s)
-        for p in pts:
-            if p.annotate:
-                ax.annotate(p.label, (p.intensity, p.flops_per_s), textcoords="offset points", xytext=(4, -10),
-                            fontsize=7)
+        for (x0, y0), labels in _merge_labels(pts).items():
+            ax.annotate(labels, (x0, y0), textcoords="offset points", xytext=(4, -10),
+                        fontsize=7 if "operator" in s else 9, weight="normal" if "operator" in s else "bold")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("operational intensity (FLOP/byte)")
@@ -104,6 +103,23 @@ def plot_roofline(roofs: Sequence[Roof], points: Sequence[Point], out: str | Pat
     paths = _save(fig, out)
     plt.close(fig)
     return paths
+
+
+def _merge_labels(points: Sequence[Point]) -> dict[tuple[float, float], str]:
+    """One label per spot: points that coincide on a log-log plot share a joined label."""
+    import math
+
+    spots: dict[tuple[int, int], list[Point]] = {}
+    for p in points:
+        if p.annotate and p.intensity > 0 and p.flops_per_s > 0:
+            key = (round(math.log10(p.intensity) * 40), round(math.log10(p.flops_per_s) * 40))
+            spots.setdefault(key, []).append(p)
+    out = {}
+    for group in spots.values():
+        names = list(dict.fromkeys(p.label for p in group))
+        text = ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
+        out[(group[0].intensity, group[0].flops_per_s)] = text
+    return out
 
 
 def plot_sweep(rows: Sequence[dict[str, Any]], x: str, y: str, out: str | Path, group_by: Sequence[str] = (),
@@ -144,7 +160,7 @@ def _save(fig, out: str | Path) -> list[Path]:
     stem = out.with_suffix("") if out.suffix in (".png", ".svg") else out
     paths = []
     for ext in (".png", ".svg"):
-        target = stem.with_suffix(ext)
+        target = stem.parent / (stem.name + ext)  # not with_suffix: keep dots in the name (run.v1)
         with atomic_path(target) as tmp:
             fig.savefig(tmp, format=ext[1:], dpi=130)
         paths.append(target)

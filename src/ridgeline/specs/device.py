@@ -122,6 +122,8 @@ def load_device_file(path: str | Path) -> list[DeviceSpec]:
         text = path.read_text()
     except OSError as exc:
         raise RidgelineError(f"cannot read device file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise RidgelineError(f"device file {path} is not UTF-8 text; expected TOML or JSON") from None
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:

@@ -280,6 +280,20 @@ def spec_from_config(cfg: dict[str, Any], name: str = "model", source: str = "")
     where = source or name
     if not isinstance(cfg, dict):
         raise RidgelineError(f"{where}: a config must be a JSON object")
+    for key, kind, expected in (("text_config", dict, "an object"), ("rope_parameters", dict, "an object"),
+                                ("partial_rotary_factor", (int, float), "a number"),
+                                ("rotary_pct", (int, float), "a number"),
+                                ("max_window_layers", int, "an integer"), ("layer_types", list, "a list"),
+                                ("mlp_only_layers", list, "a list of layer indices")):
+        if cfg.get(key) is not None and (not isinstance(cfg[key], kind) or isinstance(cfg[key], bool)):
+            raise RidgelineError(f"{where}: field {key!r} must be {expected}, got {cfg[key]!r}")
+    try:
+        return _spec_from_config(cfg, name, source, where)
+    except (TypeError, AttributeError, KeyError) as exc:  # a field of an unexpected type deep inside
+        raise RidgelineError(f"{where}: malformed config ({type(exc).__name__}: {exc})") from None
+
+
+def _spec_from_config(cfg: dict[str, Any], name: str, source: str, where: str) -> ModelSpec:
     if "text_config" in cfg and "hidden_size" not in cfg:  # multimodal wrappers (gemma3, llava...)
         cfg = {**cfg["text_config"], "model_type": cfg["text_config"].get("model_type", cfg.get("model_type"))}
     mt = str(cfg.get("model_type") or "unknown")
@@ -411,6 +425,14 @@ def load_config_file(path: Path) -> dict[str, Any]:
     return cfg
 
 
+def _magic(path: Path) -> bytes:
+    try:
+        with path.open("rb") as f:
+            return f.read(4)
+    except OSError as exc:
+        raise RidgelineError(f"cannot read {path}: {exc.strerror}") from None
+
+
 def load_spec(model: str) -> ModelSpec:
     """Resolve `model`: a config.json, a model folder, a .gguf file, or a catalogue id."""
     path = Path(model).expanduser()
@@ -422,7 +444,7 @@ def load_spec(model: str) -> ModelSpec:
             return load_spec(str(ggufs[0]))
         raise RidgelineError(f"folder {path} has no config.json and no .gguf file")
     if path.is_file():
-        if path.suffix == ".gguf" or path.read_bytes()[:4] == b"GGUF":
+        if path.suffix == ".gguf" or _magic(path) == b"GGUF":
             from ridgeline.specs.gguf_model import spec_from_gguf
 
             return spec_from_gguf(path)
