@@ -22,6 +22,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="ridgeline: where the limit is (analytic roofline), how close real runs get, "
                        "and what each optimization buys.")
 console = Console()
+if not console.is_terminal:  # piped or captured output: wide enough for the per-operator tables
+    console = Console(width=160)
 err_console = Console(stderr=True)
 
 

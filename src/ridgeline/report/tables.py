@@ -80,13 +80,18 @@ def memory_table(p: Prediction) -> Table:
 def operator_table(p: Prediction, phase: str) -> Table:
     """Every operator of one phase: per group of identical layers and the model-level ones."""
     ph = p.prefill if phase == "prefill" else p.decode
-    t = Table(title=f"{phase}: operators (totals over the phase; ×count = layers sharing the row)")
-    for col in ("group", "operator", "×", "FLOPs", "weights", "acts", "KV read", "KV write", "OI", "bound", "time"):
-        t.add_column(col, justify="left" if col in ("group", "operator", "bound") else "right")
+    t = Table(title=f"{phase}: operators (totals over the phase; × = layers sharing the row)")
+    for col in ("layers", "operator", "×", "FLOPs", "weights", "acts", "KV rd", "KV wr", "OI", "bound", "time"):
+        t.add_column(col, justify="left" if col in ("layers", "operator", "bound") else "right")
     bw, peak = p.device.bandwidth_Bps, p.peak_flops
+    group = None
     for o in ph.ops:
+        if group is not None and o.group != group:
+            t.add_section()
+        label = "" if o.group == group else o.group.removeprefix("layers ")
+        group = o.group
         b = o.bytes_by_kind
-        t.add_row(o.group, o.name, str(o.count), si(o.flops), si(b["weights"], "B"), si(b["activations"], "B"),
+        t.add_row(label, o.name, str(o.count), si(o.flops), si(b["weights"], "B"), si(b["activations"], "B"),
                   si(b["kv_read"], "B"), si(b["kv_write"], "B"), f"{o.intensity:.3g}",
                   "compute" if o.intensity * bw >= peak else "memory", seconds(o.time_s))
     return t
