@@ -110,6 +110,23 @@ def _options(attention: str, act_traffic: str, logits: str, mla_cache: str, mla_
                    mla_decode=mla_decode, causal=causal)
 
 
+def _predict(model: str, device: str, scenario: str, batch: int, layers: Optional[int], weights: Optional[str],
+             acts: str, kv: Optional[str], compute: Optional[str], device_file: Optional[Path], options):
+    """Load the model and device, build the workload and evaluate it (what analyze and plot share)."""
+    from ridgeline.roofline.evaluate import evaluate
+    from ridgeline.roofline.workload import build_workload
+    from ridgeline.specs.device import get_device
+    from ridgeline.specs.model import load_spec
+    from ridgeline.specs.scenario import parse_scenario
+
+    dev = get_device(device, (device_file,) if device_file else ())
+    sc = parse_scenario(scenario, batch)
+    spec = load_spec(model)
+    if layers is not None:
+        spec = spec.with_layers(layers)
+    return evaluate(build_workload(spec, sc, _precision(spec, weights, acts, kv, compute), options), dev)
+
+
 # shared option declarations
 _MODEL = typer.Option(..., "--model", "-m", help="config.json, model folder, .gguf file or catalogue id (`ridgeline models`)")
 _DEVICE = typer.Option(..., "--device", "-d", help="catalogue id (`ridgeline devices`), 'local' after `ridgeline probe`, or a TOML/JSON device file")
@@ -152,20 +169,10 @@ def analyze(
     """Analytic roofline of prefill and decode: FLOPs, bytes, intensity, bound, time, memory."""
     from ridgeline.io import write_json
     from ridgeline.report.tables import memory_table, operator_table, summary_table
-    from ridgeline.roofline.evaluate import evaluate, prediction_json
-    from ridgeline.roofline.workload import build_workload
-    from ridgeline.specs.device import get_device
-    from ridgeline.specs.model import load_spec
-    from ridgeline.specs.scenario import parse_scenario
+    from ridgeline.roofline.evaluate import prediction_json
 
-    dev = get_device(device, (device_file,) if device_file else ())
-    sc = parse_scenario(scenario, batch)
-    spec = load_spec(model)
-    if layers is not None:
-        spec = spec.with_layers(layers)
-    prec = _precision(spec, weights, acts, kv, compute)
-    wl = build_workload(spec, sc, prec, _options(attention, act_traffic, logits, mla_cache, mla_decode, causal))
-    pred = evaluate(wl, dev)
+    pred = _predict(model, device, scenario, batch, layers, weights, acts, kv, compute, device_file,
+                    _options(attention, act_traffic, logits, mla_cache, mla_decode, causal))
     record = _finite(prediction_json(pred, per_operator))
     if out:
         with _writing(out):
@@ -372,29 +379,31 @@ def plot(
     model: str = _MODEL,
     device: str = _DEVICE,
     scenario: str = typer.Option("SISO", "--scenario", "-s", help="SISO, LISO, SILO, LILO or P:N"),
-    batch: int = typer.Option(1, "--batch", "-b"),
+    batch: int = typer.Option(1, "--batch", "-b", help="sequences decoded together"),
     weights: Optional[str] = _WEIGHTS,
     acts: str = _ACTS,
     kv: Optional[str] = _KV,
+    compute: Optional[str] = _COMPUTE,
+    layers: Optional[int] = typer.Option(None, "--layers", help="model depth N: the first N layers"),
+    attention: str = _ATTN,
+    act_traffic: str = _TRAFFIC,
+    logits: str = _LOGITS,
+    mla_cache: str = _MLA_CACHE,
+    mla_decode: str = _MLA_DECODE,
+    causal: bool = _CAUSAL,
     operators: bool = typer.Option(True, "--operators/--phases-only", help="also plot every operator"),
     out: Path = typer.Option(Path("roofline"), "--out", "-o", help="output stem: writes STEM.png and STEM.svg"),
     device_file: Optional[Path] = _DEVICE_FILE,
 ) -> None:
     """Draw the device roofline with the workload's phases and operators to PNG and SVG."""
     from ridgeline.report.plot import device_roofs, plot_roofline, prediction_points
-    from ridgeline.roofline.evaluate import evaluate
-    from ridgeline.roofline.workload import build_workload
-    from ridgeline.specs.device import get_device
-    from ridgeline.specs.model import load_spec
-    from ridgeline.specs.scenario import parse_scenario
 
-    dev = get_device(device, (device_file,) if device_file else ())
-    spec = load_spec(model)
-    wl = build_workload(spec, parse_scenario(scenario, batch), _precision(spec, weights, acts, kv, None))
-    pred = evaluate(wl, dev)
+    pred = _predict(model, device, scenario, batch, layers, weights, acts, kv, compute, device_file,
+                    _options(attention, act_traffic, logits, mla_cache, mla_decode, causal))
+    wl, dev = pred.workload, pred.device
     with _writing(out):
         paths = plot_roofline(device_roofs(pred, ("fp32", "bf16", "int8")), prediction_points(pred, operators), out,
-                              title=f"{spec.name} · {wl.scenario.label} · {wl.precision.weights} on {dev.name}")
+                              title=f"{wl.model.name} · {wl.scenario.label} · {wl.precision.weights} on {dev.name}")
     for p in paths:
         console.print(f"wrote {escape(str(p))}", highlight=False)
 
