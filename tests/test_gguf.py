@@ -1,5 +1,7 @@
 """Weight bytes against tensors written by the `gguf` package; GGUF headers read into a ModelSpec."""
 
+import os
+
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
@@ -93,3 +95,19 @@ def test_corrupt_gguf_is_a_clear_error(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(RidgelineError, match="GGUF"):
         load_spec(str(path))
+
+
+@pytest.mark.skipif(not os.environ.get("RIDGELINE_SMOLLM2_GGUF"), reason="set RIDGELINE_SMOLLM2_GGUF to the Q4_1 GGUF")
+def test_bundled_smollm2_gguf_matches_catalogue_config():
+    path = os.environ["RIDGELINE_SMOLLM2_GGUF"]
+    spec = load_spec(path)
+    from ridgeline.specs.catalogue import catalogue_spec
+
+    cat = catalogue_spec("smollm2-135m")
+    assert spec.param_count() == cat.param_count() == 134515008
+    assert (spec.n_layers, spec.hidden, spec.tied) == (30, 576, True)
+    assert spec.layers[0].attention.n_kv_heads == 3
+    stored = build_workload(spec, Scenario(8, 8), Precision("stored")).weights_bytes
+    assert stored == sum(int(t.n_bytes) for t in GGUFReader(path).tensors)
+    # llama.cpp's Q4_1 recipe on the catalogue config reproduces the file's bytes exactly
+    assert build_workload(cat, Scenario(8, 8), Precision("q4_1")).weights_bytes == stored
