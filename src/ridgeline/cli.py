@@ -408,6 +408,208 @@ def plot(
         console.print(f"wrote {escape(str(p))}", highlight=False)
 
 
+@contextlib.contextmanager
+def _progress(description: str) -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress bar on stderr; yields the (what, done, total) callback library code reports to."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True) as bar:
+        task = bar.add_task(description, total=None)
+
+        def report(what: str, done: int, total: int) -> None:
+            bar.update(task, description=f"{description}: {what}", completed=done, total=total)
+
+        yield report
+
+
+def _probe(threads: Optional[int], array_mib: int, repeats: int, save: bool):
+    """Run the probe with progress, print its table, save it as the 'local' device."""
+    from ridgeline.measure.probe import probe_device, save_device
+    from ridgeline.measure.probe import probe as run_probe
+
+    with _progress("probe") as report:
+        result = run_probe(threads=threads, array_mib=array_mib, repeats=repeats, progress=report)
+    device = probe_device(result)
+    path = save_device(device, result) if save else None
+    return result, device, path
+
+
+@app.command()
+@_cli
+def probe(
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="torch threads (default: torch's setting)"),
+    array_mib: int = typer.Option(512, "--array-mib", help="size of each bandwidth array, MiB (far above the LLC)"),
+    repeats: int = typer.Option(7, "--repeats", "-r", help="timed repeats per kernel (after 2 warm-ups)"),
+    save: bool = typer.Option(True, "--save/--no-save", help="save as the 'local' device for --device local"),
+    as_json: bool = typer.Option(False, "--json", help="print the full probe record as JSON"),
+) -> None:
+    """Measure this machine's roofs: read/copy/triad bandwidth and GEMM peaks (fp32, bf16, fp16, int8)."""
+    from ridgeline.report.tables import probe_table
+
+    result, device, path = _probe(threads, array_mib, repeats, save)
+    if as_json:
+        console.print_json(_dumps({"device": device.to_json(), "probe": result.to_json()}))
+    else:
+        console.print(probe_table(result))
+        for w in result.warnings:
+            err_console.print(f"[yellow]warning:[/yellow] {escape(w)}", highlight=False)
+    if path is not None and not as_json:
+        console.print(f"saved as device 'local' in {escape(str(path))}", highlight=False)
+
+
+def _bench_grid(model: str, backends: list[str], scenarios: list, dtypes: list[str], threads: list[Optional[int]],
+                layers: list[Optional[int]], repeats: int, warmup: int, impl: str, memory_limit: Optional[float]):
+    """Every config of the grid, grouped by what has to be loaded (one load per group)."""
+    from ridgeline.measure.bench import BenchConfig
+
+    groups = []
+    for backend in backends:
+        for dtype in (dtypes if backend == "torch" else ["stored"]):
+            for t in threads:
+                for k in (layers if backend == "torch" else [None]):
+                    groups.append([BenchConfig(model, backend, sc, dtype, t, repeats, warmup, k, impl, memory_limit)
+                                   for sc in scenarios])
+    return groups
+
+
+def run_bench_grid(groups, device: str, reference: str, device_file: Optional[Path], label: str = "bench") -> list[dict]:
+    """Run every group (one model load each) with progress; place each record on the probe and catalogue roofs."""
+    from ridgeline.measure.bench import check_memory, load_runner, run_bench
+    from ridgeline.measure.phi import place, result_json
+    from ridgeline.measure.probe import torch_threads
+    from ridgeline.measure.stats import cpu_model
+    from ridgeline.specs.device import get_device, host_device
+
+    extra = (device_file,) if device_file else ()
+    try:
+        measured_roof = get_device(device, extra)
+    except RidgelineError as exc:
+        if device != "local":
+            raise
+        measured_roof = None
+        err_console.print(f"[yellow]note:[/yellow] {escape(str(exc))}; Φ only against the catalogue roof",
+                          highlight=False)
+    if reference == "auto":
+        import os
+
+        ref = host_device(cpu_model(), os.cpu_count())
+    else:
+        ref = None if reference == "none" else get_device(reference, extra)
+    results = []
+    total = sum(len(g) for g in groups)
+    with _progress(label) as report:
+        done = 0
+        for group in groups:
+            for cfg in group:
+                check_memory(cfg)  # refuse before loading anything
+            first = group[0]
+            with torch_threads(first.threads):
+                report(f"loading {first.model} ({first.backend} {first.dtype})", done, total)
+                loaded = load_runner(first, max(c.scenario.prompt + c.scenario.generate + 1 for c in group))
+                try:
+                    for cfg in group:
+                        what = f"{first.backend} {cfg.dtype} {cfg.scenario.label} t={cfg.threads or '-'}" + (
+                            f" L={cfg.layers}" if cfg.layers else "")
+                        rec = run_bench(cfg, loaded, lambda w, d, t: report(f"{what} {w}", done, total))
+                        placed = []
+                        if measured_roof is not None:
+                            placed.append(place(rec, measured_roof, "probe"))
+                        if ref is not None:
+                            placed.append(place(rec, ref, "catalogue"))
+                        results.append(result_json(rec, placed))
+                        done += 1
+                finally:
+                    loaded.close()
+    return results
+
+
+def _layer_list(text: Optional[str]) -> list[Optional[int]]:
+    if text is None:
+        return [None]
+    return [None if t.strip().lower() == "all" else _int_list(t, "--layers")[0] for t in _csv_list(text, "--layers")]
+
+
+@app.command()
+@_cli
+def bench(
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="the bundled model (smollm2-135m), a .gguf, a model folder or a hub id"),
+    backend: str = typer.Option("torch", "--backend", help="torch, llamacpp, or a comma list"),
+    scenario: str = typer.Option("SISO", "--scenario", "-s", help="SISO, LISO, SILO, LILO or P:N; comma list for several"),
+    dtype: str = typer.Option("fp32", "--dtype", help="torch weights/activations: fp32, bf16 or a comma list (llama.cpp runs the GGUF's types)"),
+    threads: Optional[str] = typer.Option(None, "--threads", "-t", help="threads, or a comma list (thread sweep)"),
+    layers: Optional[str] = typer.Option(None, "--layers", help="keep the first k layers (torch); comma list with 'all' for a depth sweep"),
+    repeats: int = typer.Option(3, "--repeats", "-r", help="timed repeats per run"),
+    warmup: int = typer.Option(1, "--warmup", help="untimed warm-up runs after loading"),
+    impl: str = typer.Option("auto", "--impl", help="torch path: lean (static cache, fused projections), hf (transformers forward), auto"),
+    device: str = typer.Option("local", "--device", "-d", help="measured roof: 'local' (from `ridgeline probe`) or any device"),
+    reference: str = typer.Option("auto", "--reference", help="catalogue roof for Φ: a device id, 'auto' (this host's entry) or 'none'"),
+    memory_limit: Optional[float] = typer.Option(None, "--memory-limit", help="refuse runs predicted to need more (GiB; default: memory available)"),
+    as_json: bool = typer.Option(False, "--json", help="print the records as JSON"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the records (JSON) here"),
+    plot_stem: Optional[Path] = typer.Option(None, "--plot", help="write STEM.png/.svg: measured points on the roofline (and STEM_sweep for depth/thread sweeps)"),
+    device_file: Optional[Path] = _DEVICE_FILE,
+) -> None:
+    """Measure the scenario on a real model: TTFT, every decode step, Φ against the probe and catalogue roofs."""
+    from ridgeline.io import write_json
+    from ridgeline.report.measured import bench_table, phi_warnings
+    from ridgeline.specs.scenario import parse_scenario
+
+    backends = _csv_list(backend, "--backend")
+    scenarios = [parse_scenario(s) for s in _csv_list(scenario, "--scenario")]
+    thread_list = [None] if threads is None else _int_list(threads, "--threads")
+    limit = None if memory_limit is None else memory_limit * 2**30
+    groups = _bench_grid(model, backends, scenarios, _csv_list(dtype, "--dtype"), thread_list, _layer_list(layers),
+                         repeats, warmup, impl, limit)
+    results = run_bench_grid(groups, device, reference, device_file)
+    if out is not None:
+        with _writing(out):
+            write_json(out, {"kind": "ridgeline.bench.results", "results": _finite(results)})
+    if as_json:
+        console.print_json(_dumps({"kind": "ridgeline.bench.results", "results": results}))
+    else:
+        console.print(bench_table(results))
+        for r in results:
+            _print_error_line(r)
+    for w in phi_warnings(results):
+        err_console.print(f"[yellow]modelling error:[/yellow] {escape(w)}", highlight=False)
+    if plot_stem is not None:
+        with _writing(plot_stem):
+            for p in _bench_plots(results, plot_stem):
+                console.print(f"wrote {escape(str(p))}", highlight=False)
+
+
+def _print_error_line(r: dict) -> None:
+    """The prediction error of the decode time per token, for every record."""
+    from ridgeline.report.measured import flat_rows
+
+    row = flat_rows([r])[0]
+    if row.get("predicted_decode_s_per_token_probe"):
+        console.print(f"{row['run']} {row['scenario']}: decode {row['decode_s_per_token'] * 1e3:.2f} ms/token measured, "
+                      f"{row['predicted_decode_s_per_token_probe'] * 1e3:.2f} predicted on the probe roof "
+                      f"(error {row['decode_error_probe']:.0%})", highlight=False)
+
+
+def _bench_plots(results: list[dict], stem: Path) -> list[Path]:
+    """Roofline with measured and analytic points; a sweep plot when layers or threads vary."""
+    from ridgeline.report.measured import measured_points, result_roofs, sweep_rows
+    from ridgeline.report.plot import plot_roofline, plot_sweep
+
+    if not results:
+        return []
+    r0 = results[0]
+    paths = plot_roofline(result_roofs(results), measured_points(results), stem,
+                          title=f"{r0['model']['name']}: measured runs on the roofline")
+    rows = sweep_rows(results)
+    for axis in ("layers", "threads"):
+        if len({r[axis] for r in rows}) > 1:
+            ys = ["measured", "predicted (probe roof)", "predicted (catalogue roof)"]
+            paths += plot_sweep(rows, axis, ys, stem.parent / f"{stem.name}_{axis}", group_by=("run", "scenario"),
+                                title=f"{r0['model']['name']}: decode tok/s vs {axis}, measured and analytic",
+                                ylabel="decode tokens/s", logx=False)
+    return paths
+
+
 @app.command()
 @_cli
 def demo(out: Path = typer.Option(Path("results/demo"), "--out", "-o", help="results folder")) -> None:

@@ -18,6 +18,7 @@ class Roof:
     bandwidth_Bps: float
     peak_flops: float
     style: str = "-"  # matplotlib line style; measured roofs are drawn dashed
+    group: str = ""  # roofs of one group (e.g. a dtype) share a colour; catalogue vs probe fill the gap
 
 
 @dataclass(frozen=True)
@@ -68,27 +69,34 @@ def plot_roofline(roofs: Sequence[Roof], points: Sequence[Point], out: str | Pat
     x = np.logspace(np.log10(lo), np.log10(hi), 256)
     fig, ax = plt.subplots(figsize=(9, 6))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, r in enumerate(roofs):
-        c = colors[i % len(colors)] if r.style != ":" else "grey"
-        ax.plot(x, np.minimum(r.peak_flops, x * r.bandwidth_Bps), r.style, color=c, lw=2 if r.style != ":" else 1,
-                label=r.label)
+    groups = list(dict.fromkeys(r.group or r.label for r in roofs if r.style != ":"))
+    curve = lambda r: np.minimum(r.peak_flops, x * r.bandwidth_Bps)  # noqa: E731
+    for r in roofs:
+        c = colors[groups.index(r.group or r.label) % len(colors)] if r.style != ":" else "grey"
+        ax.plot(x, curve(r), r.style, color=c, lw=2 if r.style != ":" else 1, label=r.label)
         ridge = r.peak_flops / r.bandwidth_Bps
         if r.style != ":":
             ax.plot([ridge], [r.peak_flops], "o", color=c, ms=5)
             ax.annotate(f"ridge {ridge:.3g} FLOP/B", (ridge, r.peak_flops), textcoords="offset points",
                         xytext=(4, 6), fontsize=8, color=c)
-    if len(roofs) >= 2 and roofs[0].style != roofs[1].style and roofs[1].style != ":":
-        lower = np.minimum(np.minimum(roofs[0].peak_flops, x * roofs[0].bandwidth_Bps),
-                           np.minimum(roofs[1].peak_flops, x * roofs[1].bandwidth_Bps))
-        upper = np.maximum(np.minimum(roofs[0].peak_flops, x * roofs[0].bandwidth_Bps),
-                           np.minimum(roofs[1].peak_flops, x * roofs[1].bandwidth_Bps))
-        ax.fill_between(x, lower, upper, color="grey", alpha=0.12, label="potential region")
+    filled = False
+    for g in groups:  # the potential region: between the catalogue (solid) and the probe (dashed) roof
+        pair = [r for r in roofs if (r.group or r.label) == g and r.style != ":"]
+        solid, dashed = [r for r in pair if r.style == "-"], [r for r in pair if r.style != "-"]
+        if solid and dashed:
+            a, b = curve(solid[0]), curve(dashed[0])
+            ax.fill_between(x, np.minimum(a, b), np.maximum(a, b), color=colors[groups.index(g) % len(colors)],
+                            alpha=0.10, label=None if filled else "potential region (catalogue vs probe roof)")
+            filled = True
     markers = "os^Dv<>P*X"
     series = list(dict.fromkeys(p.series for p in points))
     for i, s in enumerate(series):
         pts = [p for p in points if p.series == s]
+        c = colors[(len(groups) + i) % len(colors)]
+        hollow = s.startswith("analytic")
         ax.scatter([p.intensity for p in pts], [p.flops_per_s for p in pts], marker=markers[i % len(markers)],
-                   s=40 if "operator" not in s else 14, zorder=3, label=s)
+                   s=40 if "operator" not in s else 14, zorder=3, label=s,
+                   facecolors="none" if hollow else c, edgecolors=c)
         for (x0, y0), labels in _merge_labels(pts).items():
             ax.annotate(labels, (x0, y0), textcoords="offset points", xytext=(4, -10),
                         fontsize=7 if "operator" in s else 9, weight="normal" if "operator" in s else "bold")
@@ -122,27 +130,35 @@ def _merge_labels(points: Sequence[Point]) -> dict[tuple[float, float], str]:
     return out
 
 
-def plot_sweep(rows: Sequence[dict[str, Any]], x: str, y: str, out: str | Path, group_by: Sequence[str] = (),
-               title: str = "") -> list[Path]:
-    """Line plot of column `y` against `x`, one curve per distinct combination of `group_by` columns."""
+def plot_sweep(rows: Sequence[dict[str, Any]], x: str, y: str | Sequence[str], out: str | Path,
+               group_by: Sequence[str] = (), title: str = "", ylabel: str = "", logx: bool = True) -> list[Path]:
+    """Line plot of column(s) `y` against `x`, one curve per `group_by` combination and y column
+    (the first y column solid with markers, e.g. measured; the others dashed, e.g. predicted)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    ys = [y] if isinstance(y, str) else list(y)
     fig, ax = plt.subplots(figsize=(9, 6))
     curves: dict[tuple, list[tuple[float, float]]] = {}
     for r in rows:
-        if r.get("error") or r.get(y) is None or r.get(x) is None:
-            continue
-        curves.setdefault(tuple(r.get(g) for g in group_by), []).append((r[x], r[y]))
-    for key, pts in curves.items():
+        for col in ys:
+            if r.get("error") or r.get(col) is None or r.get(x) is None:
+                continue
+            curves.setdefault((col, *(r.get(g) for g in group_by)), []).append((r[x], r[col]))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    groups = list(dict.fromkeys(k[1:] for k in curves))
+    for (col, *key), pts in curves.items():
         pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3,
-                label=", ".join(f"{g}={v}" for g, v in zip(group_by, key)) or y)
+        label = ", ".join(f"{g}={v}" for g, v in zip(group_by, key))
+        if len(ys) > 1:
+            label = f"{label} · {col}" if label else col
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if col == ys[0] else "x--", ms=4,
+                color=colors[groups.index(tuple(key)) % len(colors)], label=label or col)
     ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    if all(isinstance(p[0], (int, float)) and p[0] > 0 for c in curves.values() for p in c):
+    ax.set_ylabel(ylabel or ys[0])
+    if logx and all(isinstance(p[0], (int, float)) and p[0] > 0 for c in curves.values() for p in c):
         ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.25)

@@ -95,3 +95,21 @@ def operator_table(p: Prediction, phase: str) -> Table:
                   si(b["kv_read"], "B"), si(b["kv_write"], "B"), f"{o.intensity:.3g}",
                   "compute" if o.intensity * bw >= peak else "memory", seconds(o.time_s))
     return t
+
+
+def probe_table(result) -> Table:
+    """A probe: bandwidth per kernel and GEMM rate per dtype, median with min–max."""
+    t = Table(title=f"probe: {result.machine['cpu']}, {result.threads} threads, "
+                    f"arrays {result.array_bytes / 2**20:.0f} MiB", title_justify="left")
+    for c in ("kernel", "median", "min", "max", "spread", "note"):
+        t.add_column(c, justify="left" if c in ("kernel", "note") else "right")
+    for name, s in result.bandwidth.items():
+        note = {"copy": "1 read + 1 write", "triad": "2 reads + 1 write"}.get(name, "read only")
+        if s.median == result.read_bandwidth:
+            note += " · the roof"
+        t.add_row(name, si(s.median, "B/s"), si(s.min, "B/s"), si(s.max, "B/s"), f"{s.spread:.0%}", note)
+    for d, s in result.gemm.items():
+        n = result.gemm_sizes[d]
+        t.add_row(f"GEMM {d}", si(s.median, "FLOP/s"), si(s.min, "FLOP/s"), si(s.max, "FLOP/s"), f"{s.spread:.0%}",
+                  f"{n}×{n}×{n}" + (" torch._int_mm" if d == "int8" else ""))
+    return t

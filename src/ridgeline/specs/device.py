@@ -46,6 +46,7 @@ class DeviceSpec:
     tdp_w: float | None = None
     engines: dict[str, str] = field(default_factory=dict)  # dtype -> which unit the peak is for
     threads: int | None = None  # for measured CPU entries: threads the probe used
+    host_match: dict[str, Any] = field(default_factory=dict)  # {"cpu": substring, "cores": n}: this host's entry
 
     def peak(self, dtype: str) -> tuple[float, str]:
         """Peak FLOP/s for `dtype` and the dtype actually used (falls back fp16↔bf16, then fp32)."""
@@ -64,7 +65,7 @@ class DeviceSpec:
             "id": self.id, "name": self.name, "kind": self.kind,
             "memory_bytes": self.memory_bytes, "bandwidth_Bps": self.bandwidth_Bps,
             "peak_flops": dict(self.peak_flops), "tdp_w": self.tdp_w,
-            "engines": dict(self.engines), "threads": self.threads,
+            "engines": dict(self.engines), "threads": self.threads, "host_match": dict(self.host_match),
             "provenance": {"kind": self.provenance.kind, "source": self.provenance.source,
                            "date": self.provenance.date, "notes": self.provenance.notes},
         }
@@ -112,6 +113,7 @@ def device_from_dict(entry: dict[str, Any], where: str = "device") -> DeviceSpec
         tdp_w=float(tdp) if tdp is not None else None,
         engines={str(k): str(v) for k, v in (entry.get("engines") or {}).items()},
         threads=entry.get("threads"),
+        host_match=dict(entry.get("host_match") or {}),
     )
 
 
@@ -156,6 +158,15 @@ def catalogue(extra_files: tuple[str | Path, ...] = ()) -> dict[str, DeviceSpec]
     for f in extra_files:
         devices.update({d.id: d for d in load_device_file(f)})
     return devices
+
+
+def host_device(cpu: str, cores: int | None) -> DeviceSpec | None:
+    """The catalogue entry describing this host (its `host_match`: CPU name substring and core count), if any."""
+    for d in catalogue().values():
+        m = d.host_match
+        if m and m.get("cpu", "\0") in cpu and m.get("cores", cores) == cores:
+            return d
+    return None
 
 
 def get_device(name: str, extra_files: tuple[str | Path, ...] = ()) -> DeviceSpec:

@@ -1,0 +1,155 @@
+"""Backends that run one scenario: a prefill, then one decode step per generated token, greedy.
+
+Every backend exposes the same three calls, so the timing loop in `bench.py` is shared and the
+scenario means the same thing everywhere: `prefill(prompt_ids)` fills the cache with exactly P
+tokens and returns the first generated token; `decode(token)` appends that token to the cache and
+returns the next; `cached()` says how many tokens the cache holds. After N decode steps the cache
+holds P + N tokens, the context the analytic decode phase integrates over (c = P … P+N-1).
+EOS is ignored: generation never stops early.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence
+
+from ridgeline.errors import RidgelineError
+
+
+class Runner(Protocol):
+    """What the timing loop needs from a backend."""
+
+    impl: str  # what actually runs, e.g. "ridgeline lean torch", "transformers eager", "llama.cpp"
+
+    def prefill(self, prompt: Sequence[int]) -> int:
+        """Process the prompt from an empty cache; return the first generated token."""
+        ...
+
+    def decode(self, token: int) -> int:
+        """Append `token` to the cache; return the next token."""
+        ...
+
+    def cached(self) -> int:
+        """Tokens held in the cache now."""
+        ...
+
+
+class HFRunner:
+    """transformers' own forward with a DynamicCache: what `generate` runs, one token at a time."""
+
+    impl = "transformers eager"
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.cache = None
+
+    def prefill(self, prompt: Sequence[int]) -> int:
+        """Fresh cache, one forward over the prompt, lm_head on the last position only."""
+        import torch
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache(config=self.model.config)
+        with torch.inference_mode():
+            out = self.model(torch.tensor([list(prompt)]), past_key_values=self.cache, use_cache=True,
+                             logits_to_keep=1)
+        return int(out.logits[0, -1].argmax())
+
+    def decode(self, token: int) -> int:
+        """One forward of one token against the cache."""
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(torch.tensor([[token]]), past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        return int(out.logits[0, -1].argmax())
+
+    def cached(self) -> int:
+        """Sequence length of the DynamicCache."""
+        return int(self.cache.get_seq_length()) if self.cache is not None else 0
+
+
+class LeanRunner:
+    """ridgeline's gpt-fast-style decode path (static cache, fused projections) over the same weights."""
+
+    impl = "ridgeline lean torch"
+
+    def __init__(self, model: Any, max_len: int) -> None:
+        from ridgeline.measure.lean import LeanCausalLM
+
+        self.lean = LeanCausalLM.from_hf(model, max_len)
+
+    def prefill(self, prompt: Sequence[int]) -> int:
+        """Reset the static cache and prefill."""
+        import torch
+
+        self.lean.reset()
+        with torch.inference_mode():
+            return int(self.lean.prefill(torch.tensor([list(prompt)])).argmax())
+
+    def decode(self, token: int) -> int:
+        """One lean decode step."""
+        import torch
+
+        with torch.inference_mode():
+            return int(self.lean.decode(torch.tensor([[token]])).argmax())
+
+    def cached(self) -> int:
+        """Current length of the static cache."""
+        return int(self.lean.length)
+
+
+class LlamaCppRunner:
+    """llama.cpp through llama-cpp-python on a GGUF file; greedy argmax over the last logits."""
+
+    def __init__(self, gguf: str, n_ctx: int, threads: int, n_batch: int = 512) -> None:
+        llama_cpp = import_llama_cpp()
+        self.np = __import__("numpy")
+        self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                                   n_batch=min(n_batch, n_ctx), n_ubatch=min(n_batch, n_ctx), logits_all=False,
+                                   verbose=False)
+        self.n_vocab = self.llm.n_vocab()
+        self.impl = f"llama.cpp (llama-cpp-python {llama_cpp.__version__})"
+
+    def _next(self) -> int:
+        logits = self.np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.n_vocab,))
+        return int(logits.argmax())
+
+    def prefill(self, prompt: Sequence[int]) -> int:
+        """Clear the KV cache and evaluate the prompt (in n_batch chunks, as llama.cpp does)."""
+        self.llm.reset()
+        self.llm.eval(list(prompt))
+        return self._next()
+
+    def decode(self, token: int) -> int:
+        """Evaluate one token."""
+        self.llm.eval([token])
+        return self._next()
+
+    def cached(self) -> int:
+        """Tokens evaluated into the context."""
+        return int(self.llm.n_tokens)
+
+    def tokenize(self, text: str) -> list[int]:
+        """llama.cpp's own tokenizer (no BOS added)."""
+        return self.llm.tokenize(text.encode(), add_bos=False, special=False)
+
+    def close(self) -> None:
+        """Free the model and context."""
+        self.llm.close()
+
+
+def import_llama_cpp():
+    """Import llama_cpp, or say how to install it."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise RidgelineError("the llama.cpp backend needs llama-cpp-python: pip install 'ridgeline[llamacpp]' "
+                             "(builds llama.cpp from source, about ten minutes; `make demo` does it)") from None
+    return llama_cpp
+
+
+def llama_cpp_available() -> bool:
+    """Whether llama-cpp-python can be imported."""
+    try:
+        import_llama_cpp()
+    except RidgelineError:
+        return False
+    return True

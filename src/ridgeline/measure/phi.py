@@ -1,0 +1,180 @@
+"""Relative inference potential Φ: how close a measured run gets to the roofline, per phase.
+
+For the scenario that actually ran, the Workload gives the phase's FLOPs F and bytes B (operational
+intensity I = F/B). With the measured phase time t:
+    achieved = F / t,   attainable = min(peak, I · BW),   Φ = achieved / attainable,
+    bandwidth utilisation = B / t / BW.
+This is ridgeline's own definition (RooflineBench's exact formula was never published). Φ > 1 cannot
+happen if F, B and the roof are right, so it is reported as a modelling error naming the suspect term:
+achieved FLOP/s above the peak points at the FLOP count or the compute roof; bytes per second above
+the bandwidth points at the byte count (e.g. weights that stay cache-resident) or the bandwidth roof.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from ridgeline.measure.bench import BenchRecord
+from ridgeline.measure.stats import Stat, summarize
+from ridgeline.roofline.evaluate import Prediction, evaluate
+from ridgeline.roofline.workload import Options, Workload, build_workload
+from ridgeline.specs.device import DeviceSpec
+from ridgeline.specs.scenario import Precision
+
+_FLOAT_GGUF = {"F32", "F16", "BF16"}
+
+
+@dataclass(frozen=True)
+class PhasePhi:
+    """One phase of a measured run against one roof."""
+
+    phase: str
+    flops: float
+    bytes: float
+    measured_s: Stat  # phase time per repeat (decode: all steps)
+    attainable_flops: float
+    phi: Stat
+    bandwidth_utilisation: Stat
+    predicted_s: float  # the roofline's per-operator prediction of the phase time
+    flags: tuple[str, ...]
+
+    @property
+    def intensity(self) -> float:
+        """Operational intensity of the phase, FLOP/byte."""
+        return self.flops / self.bytes if self.bytes else 0.0
+
+    @property
+    def achieved_flops(self) -> float:
+        """FLOP/s at the median phase time."""
+        return self.flops / self.measured_s.median if self.measured_s.median else 0.0
+
+    @property
+    def prediction_error(self) -> float:
+        """|predicted - measured| / measured for the median phase time."""
+        return abs(self.predicted_s - self.measured_s.median) / self.measured_s.median if self.measured_s.median else 0.0
+
+    def to_json(self) -> dict:
+        """JSON form."""
+        return {"phase": self.phase, "flops": self.flops, "bytes": self.bytes, "intensity": self.intensity,
+                "measured_s": self.measured_s.to_json(), "achieved_flops": self.achieved_flops,
+                "attainable_flops": self.attainable_flops, "phi": self.phi.to_json(),
+                "bandwidth_utilisation": self.bandwidth_utilisation.to_json(), "predicted_s": self.predicted_s,
+                "prediction_error": self.prediction_error, "phi_above_1": list(self.flags)}
+
+
+@dataclass(frozen=True)
+class RunPhi:
+    """A measured run placed on one device's roofline: prefill and decode."""
+
+    device: DeviceSpec
+    role: str  # "measured roof" (probe) | "catalogue roof"
+    prediction: Prediction
+    prefill: PhasePhi
+    decode: PhasePhi
+
+    def to_json(self) -> dict:
+        """JSON form, with the roof used."""
+        d = self.device
+        return {"role": self.role, "device": d.id, "device_name": d.name, "provenance": d.provenance.kind,
+                "bandwidth_Bps": d.bandwidth_Bps, "peak_flops": self.prediction.peak_flops,
+                "peak_dtype": self.prediction.peak_dtype,
+                "prefill": self.prefill.to_json(), "decode": self.decode.to_json()}
+
+
+def record_precision(record: BenchRecord) -> Precision:
+    """Formats the run actually used: torch dtype everywhere; llama.cpp: GGUF types, fp32 activations,
+    f16 KV, and the int8 roof for quantized weights (its CPU kernels use integer dot products)."""
+    if record.config.backend == "torch":
+        d = record.config.dtype
+        return Precision(d, d, d)
+    from ridgeline.specs.gguf_model import spec_from_gguf
+
+    types = {t.ggml_type for t in spec_from_gguf(record.gguf).gguf_tensors if len(t.shape) > 1}
+    quantized = bool(types - _FLOAT_GGUF)
+    compute = "int8" if quantized else ("bf16" if "BF16" in types else "fp32")
+    return Precision("stored", "fp32", "fp16", compute=compute)
+
+
+def weights_label(record: BenchRecord) -> str:
+    """The weights' format as run: the torch dtype, or the GGUF type holding most bytes (e.g. Q4_1)."""
+    if record.config.backend == "torch":
+        return record.config.dtype
+    from collections import Counter
+
+    from ridgeline.specs.gguf_model import spec_from_gguf
+
+    c: Counter = Counter()
+    for t in spec_from_gguf(record.gguf).gguf_tensors:
+        c[t.ggml_type] += t.nbytes or 0
+    return c.most_common(1)[0][0]
+
+
+def record_workload(record: BenchRecord, options: Options | None = None) -> Workload:
+    """The Workload of exactly the scenario that ran, on the model that ran (its layers, its formats)."""
+    from ridgeline.specs.gguf_model import spec_from_gguf
+    from ridgeline.specs.model import spec_from_config
+
+    if record.config.backend == "torch":
+        spec = spec_from_config(record.model_config, record.model_name, record.model_source)
+    else:
+        spec = spec_from_gguf(record.gguf)
+    return build_workload(spec, record.config.scenario, record_precision(record), options)
+
+
+def _flags(achieved_flops: float, peak: float, bytes_per_s: float, bw: float) -> tuple[str, ...]:
+    flags = []
+    if achieved_flops > peak:
+        flags.append(f"achieved {achieved_flops / 1e9:.3g} GFLOP/s exceeds the {peak / 1e9:.3g} GFLOP/s peak: "
+                     "FLOPs over-counted or the compute roof too low")
+    if bytes_per_s > bw:
+        flags.append(f"{bytes_per_s / 1e9:.3g} GB/s exceeds the {bw / 1e9:.3g} GB/s roof: bytes over-counted "
+                     f"(a working set that stays in cache{_llc_note()}) or the bandwidth roof too low")
+    return tuple(flags)
+
+
+def _llc_note() -> str:
+    """The last-level cache size, when the OS says it."""
+    try:
+        size = Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip()
+        return f"; last-level cache here {size}"
+    except OSError:
+        return ""
+
+
+def _phase_phi(name: str, phase, times: list[float], pred_s: float, peak: float, bw: float) -> PhasePhi:
+    flops, nbytes = phase.flops, phase.bytes
+    attainable = min(peak, flops / nbytes * bw) if nbytes else peak
+    phis = [flops / t / attainable for t in times]
+    utils = [nbytes / t / bw for t in times]
+    t_med = summarize(times).median
+    flags = _flags(flops / t_med, peak, nbytes / t_med, bw) if flops / t_med > attainable else ()
+    return PhasePhi(name, flops, nbytes, summarize(times), attainable, summarize(phis), summarize(utils), pred_s, flags)
+
+
+def place(record: BenchRecord, device: DeviceSpec, role: str, options: Options | None = None) -> RunPhi:
+    """Φ and bandwidth utilisation of a record's prefill and decode against `device`'s roofs."""
+    pred = evaluate(record_workload(record, options), device)
+    bw = device.bandwidth_Bps
+    prefill = _phase_phi("prefill", pred.prefill, [s.ttft_s for s in record.samples], pred.prefill.time_s,
+                         pred.peak_flops, bw)
+    decode = _phase_phi("decode", pred.decode, [s.decode_s for s in record.samples], pred.decode.time_s,
+                        pred.peak_flops, bw)
+    return RunPhi(device, role, pred, prefill, decode)
+
+
+def result_json(record: BenchRecord, placed: list[RunPhi]) -> dict:
+    """A bench record with its roofline placements: what `ridgeline bench --json` writes per run."""
+    out = record.to_json()
+    out["roofline"] = [p.to_json() for p in placed]
+    out["weights"] = weights_label(record)
+    if placed:
+        w = placed[0].prediction.workload
+        out["model"]["layers"] = w.model.n_layers
+        out["model"]["params"] = w.model.param_count()
+        out["workload"] = {"precision": w.precision.to_json(), "options": dataclasses.asdict(w.options),
+                           "weights_bytes": w.weights_bytes, "kv_bytes": w.kv_bytes,
+                           "decode_bytes_per_token": placed[0].decode.bytes / max(record.config.scenario.generate, 1),
+                           "decode_flops_per_token": placed[0].decode.flops / max(record.config.scenario.generate, 1)}
+    return out

@@ -1,0 +1,196 @@
+"""Measure this machine's roofs: sustained memory bandwidth and GEMM peak FLOP/s per dtype.
+
+Bandwidth: STREAM-style kernels on torch arrays far larger than the last-level cache. Every stream
+is counted (copy = 1 read + 1 write, triad `a = b + s*c` = 2 reads + 1 write); write-allocate traffic
+is not counted, as in STREAM. Outputs are preallocated, each kernel is warmed up, then repeated.
+The roof used for predictions is the median of the best read-only kernel (decode reads weights).
+Compute: square GEMMs per dtype (int8 through `torch._int_mm`), FLOPs = 2·n³, sized so one run
+takes long enough to time. RooflineBench's probe timed 10 matmuls with no warm-up and counted
+2 of the triad's 3 streams; this one does neither.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ridgeline.errors import RidgelineError
+from ridgeline.measure.stats import Stat, cpu_model, machine_info, summarize
+from ridgeline.specs.device import DeviceSpec, Provenance, user_dir
+
+GEMM_DTYPES = ("fp32", "bf16", "fp16", "int8")
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One probe of this machine: bandwidth per kernel (B/s), GEMM rate per dtype (FLOP/s), and how."""
+
+    threads: int
+    array_bytes: int
+    bandwidth: dict[str, Stat]
+    gemm: dict[str, Stat]
+    gemm_sizes: dict[str, int]
+    machine: dict
+    memory_bytes: float
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def read_bandwidth(self) -> float:
+        """The bandwidth roof: median of the best read-only kernel, B/s."""
+        return max(self.bandwidth[k].median for k in self.bandwidth if k.startswith("read"))
+
+    def to_json(self) -> dict:
+        """Everything measured, with every sample."""
+        return {"threads": self.threads, "array_bytes": self.array_bytes,
+                "bandwidth_Bps": {k: v.to_json() for k, v in self.bandwidth.items()},
+                "gemm_flops": {k: v.to_json() for k, v in self.gemm.items()},
+                "gemm_sizes": self.gemm_sizes, "memory_bytes": self.memory_bytes,
+                "roof": {"bandwidth_Bps": self.read_bandwidth,
+                         "peak_flops": {k: v.median for k, v in self.gemm.items()}},
+                "warnings": list(self.warnings), "machine": self.machine}
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[int]:
+    """Run a block with torch pinned to `n` threads (default: as configured); restores the setting."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n is not None:
+        if n < 1:
+            raise RidgelineError(f"threads must be >= 1, got {n}")
+        torch.set_num_threads(n)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _time(fn: Callable[[], object], repeats: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def total_memory() -> float:
+    """Physical memory in bytes."""
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def bandwidth_kernels(array_bytes: int, repeats: int, warmup: int,
+                      progress: Progress | None = None) -> dict[str, Stat]:
+    """STREAM-style read (sum, max), copy and triad over fp32 arrays of `array_bytes` each; B/s."""
+    import torch
+
+    n = array_bytes // 4
+    a = torch.empty(n, dtype=torch.float32)
+    b = torch.empty(n, dtype=torch.float32)
+    c = torch.empty(n, dtype=torch.float32)
+    a.fill_(1.0), b.fill_(2.0), c.fill_(0.5)  # touch every page before timing
+    nbytes = n * 4
+    kernels = {  # name: (kernel, bytes moved per call)
+        "read_sum": (lambda: torch.sum(a), nbytes),
+        "read_max": (lambda: torch.max(b), nbytes),
+        "copy": (lambda: b.copy_(a), 2 * nbytes),
+        "triad": (lambda: torch.add(b, c, alpha=3.0, out=a), 3 * nbytes),
+    }
+    out = {}
+    for i, (name, (fn, moved)) in enumerate(kernels.items()):
+        if progress:
+            progress(f"bandwidth {name}", i, len(kernels))
+        out[name] = summarize([moved / t for t in _time(fn, repeats, warmup)])
+    del a, b, c
+    return out
+
+
+def _gemm_call(dtype: str, n: int) -> Callable[[], object]:
+    import torch
+
+    if dtype == "int8":
+        x = torch.randint(-64, 64, (n, n), dtype=torch.int8)
+        w = torch.randint(-64, 64, (n, n), dtype=torch.int8)
+        return lambda: torch._int_mm(x, w)
+    td = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    x, w = torch.randn(n, n).to(td), torch.randn(n, n).to(td)
+    out = torch.empty(n, n, dtype=td)
+    return lambda: torch.mm(x, w, out=out)
+
+
+def gemm_peak(dtype: str, repeats: int, warmup: int, max_n: int = 2048, min_time_s: float = 0.05) -> tuple[Stat, int]:
+    """GEMM FLOP/s (OP/s for int8) for `dtype`: grow the square size until one call takes `min_time_s`."""
+    n = 256
+    while True:
+        fn = _gemm_call(dtype, n)
+        t = min(_time(fn, 2, 1))
+        if t >= min_time_s or n >= max_n:
+            break
+        n *= 2
+    samples = _time(fn, repeats, warmup)
+    return summarize([2.0 * n**3 / s for s in samples]), n
+
+
+def probe(threads: int | None = None, array_mib: int = 512, repeats: int = 7, warmup: int = 2,
+          dtypes: tuple[str, ...] = GEMM_DTYPES, progress: Progress | None = None) -> ProbeResult:
+    """Measure bandwidth (read/copy/triad) and GEMM peaks per dtype with `threads` torch threads."""
+    if array_mib < 1 or repeats < 1 or warmup < 0:
+        raise RidgelineError(f"probe needs array size >= 1 MiB, repeats >= 1 and warm-up >= 0; "
+                             f"got {array_mib} MiB, {repeats}, {warmup}")
+    for d in dtypes:
+        if d not in GEMM_DTYPES:
+            raise RidgelineError(f"probe dtype {d!r} is not one of {', '.join(GEMM_DTYPES)}")
+    mem = total_memory()
+    array_bytes = min(array_mib * 2**20, int(mem / 8 / 3))  # three arrays, at most an eighth of RAM
+    warnings = []
+    if array_bytes < 128 * 2**20:
+        warnings.append(f"arrays of {array_bytes / 2**20:.0f} MiB may be cache-resident; bandwidth may be inflated")
+    with torch_threads(threads) as used:
+        bw = bandwidth_kernels(array_bytes, repeats, warmup, progress)
+        gemm, sizes = {}, {}
+        for i, d in enumerate(dtypes):
+            if progress:
+                progress(f"GEMM {d}", i, len(dtypes))
+            gemm[d], sizes[d] = gemm_peak(d, max(3, repeats // 2), warmup)
+    for name, s in {**bw, **gemm}.items():
+        if s.max and s.median / s.max < 0.75:
+            warnings.append(f"{name}: median is {s.median / s.max:.0%} of the best sample (noisy machine?)")
+    return ProbeResult(used, array_bytes, bw, gemm, sizes, machine_info(), mem, tuple(warnings))
+
+
+def probe_device(result: ProbeResult, device_id: str = "local") -> DeviceSpec:
+    """The measured roofs as a device entry (provenance 'measured', today's date)."""
+    peaks = {d: s.median for d, s in result.gemm.items()}
+    if "fp32" not in peaks:
+        raise RidgelineError("a device entry needs the fp32 GEMM peak; probe fp32 too")
+    bw = result.read_bandwidth
+    notes = (f"ridgeline probe, {result.threads} threads, arrays {result.array_bytes / 2**20:.0f} MiB; "
+             f"bandwidth = median of best read kernel (copy {result.bandwidth['copy'].median / 1e9:.1f}, "
+             f"triad {result.bandwidth['triad'].median / 1e9:.1f} GB/s counting every stream); "
+             f"GEMM n = {result.gemm_sizes}")
+    return DeviceSpec(
+        id=device_id, name=f"{cpu_model()} ({result.threads} threads, probed)", kind="cpu",
+        memory_bytes=result.memory_bytes, bandwidth_Bps=bw, peak_flops=peaks,
+        provenance=Provenance("measured", f"ridgeline probe {machine_info(('ridgeline',))['versions']['ridgeline']}",
+                              _dt.date.today().isoformat(), notes),
+        engines={d: ("torch._int_mm" if d == "int8" else "torch.mm") for d in peaks},
+        threads=result.threads)
+
+
+def save_device(device: DeviceSpec, result: ProbeResult | None = None) -> Path:
+    """Save a measured device where the catalogue finds it ($RIDGELINE_HOME/devices/<id>.json)."""
+    from ridgeline.io import write_json
+
+    data: dict = {"devices": [device.to_json()]}
+    if result is not None:
+        data["probe"] = result.to_json()
+    return write_json(user_dir() / "devices" / f"{device.id}.json", data)
