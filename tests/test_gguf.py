@@ -8,6 +8,7 @@ from gguf import GGMLQuantizationType as Q
 from gguf import GGUFReader, GGUFWriter
 from gguf.quants import quantize
 
+from conftest import BUNDLED_GGUF, needs_bundled
 from ridgeline.errors import RidgelineError
 from ridgeline.roofline.workload import build_workload, tensor_formats
 from ridgeline.specs.formats import get_format
@@ -97,9 +98,9 @@ def test_corrupt_gguf_is_a_clear_error(tmp_path, content):
         load_spec(str(path))
 
 
-@pytest.mark.skipif(not os.environ.get("RIDGELINE_SMOLLM2_GGUF"), reason="set RIDGELINE_SMOLLM2_GGUF to the Q4_1 GGUF")
+@needs_bundled
 def test_bundled_smollm2_gguf_matches_catalogue_config():
-    path = os.environ["RIDGELINE_SMOLLM2_GGUF"]
+    path = str(BUNDLED_GGUF)
     spec = load_spec(path)
     from ridgeline.specs.catalogue import catalogue_spec
 

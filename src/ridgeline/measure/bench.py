@@ -232,6 +232,10 @@ def load_runner(cfg: BenchConfig, max_len: int) -> Loaded:
     t0 = time.perf_counter()
     if cfg.backend == "torch":
         model, tok = load_model(cfg.model, cfg.dtype, layers=cfg.layers)
+        limit = getattr(model.config, "max_position_embeddings", None)
+        if limit is not None and max_len - 1 > limit:
+            raise RidgelineError(f"{cfg.scenario.label} needs {max_len - 1} positions; the model's context limit "
+                                 f"(max_position_embeddings) is {limit}")
         runner = None
         if cfg.impl in ("auto", "lean"):
             try:
@@ -253,7 +257,7 @@ def load_runner(cfg: BenchConfig, max_len: int) -> Loaded:
 
     with torch_threads(None) as default_threads:
         threads = cfg.threads or default_threads
-    runner = LlamaCppRunner(str(src.gguf), max_len + 1, threads)
+    runner = LlamaCppRunner(str(src.gguf), max_len, threads)
     return Loaded(runner, runner.tokenize, src.name, src.location, str(src.gguf), {}, time.perf_counter() - t0,
                   runner.close, max_len)
 

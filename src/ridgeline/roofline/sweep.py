@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from ridgeline.errors import RidgelineError
 from ridgeline.roofline.evaluate import evaluate
@@ -74,13 +74,16 @@ def run_sweep(axes: SweepAxes, options: Options | None = None, progress=None) ->
     return rows
 
 
-def rows_to_csv(rows: Iterable[dict[str, Any]]) -> str:
-    """CSV with the COLUMNS header."""
+def rows_to_csv(rows: Iterable[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """CSV with the given columns (default: the sweep's COLUMNS)."""
     import csv
     import io
 
+    rows = list(rows)
+    if columns is None:
+        columns = COLUMNS
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for r in rows:
         writer.writerow(r)
