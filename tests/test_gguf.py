@@ -1,6 +1,5 @@
 """Weight bytes against tensors written by the `gguf` package; GGUF headers read into a ModelSpec."""
 
-import os
 
 import numpy as np
 import pytest

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from pathlib import Path
 
-import os
 import pytest
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 

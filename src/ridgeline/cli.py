@@ -86,7 +86,6 @@ def _int_list(text: str, what: str) -> list[int]:
 
 
 def _precision(model, weights: Optional[str], acts: str, kv: Optional[str], compute: Optional[str]):
-    from ridgeline.specs.formats import get_format
     from ridgeline.specs.scenario import Precision
 
     if weights is None:
@@ -654,7 +653,7 @@ def demo(
     from ridgeline.io import write_json, write_text
     from ridgeline.loader import bundled_gguf
     from ridgeline.measure.backends import llama_cpp_available
-    from ridgeline.report.measured import bench_table, flat_rows, result_roofs
+    from ridgeline.report.measured import bench_table, flat_rows
     from ridgeline.report.plot import device_roofs, plot_roofline, prediction_points
     from ridgeline.report.summary import summary_report
     from ridgeline.report.tables import probe_table, summary_table

