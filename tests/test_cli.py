@@ -106,9 +106,11 @@ def _write_gguf(path: Path) -> Path:
 
 
 @pytest.fixture
-def files(tmp_path):
+def files(tmp_path, tiny_model_dir):
     """Bad (and a few good) inputs on disk."""
-    f = {}
+    f = {"tiny_dir": tiny_model_dir}
+    (f_cfg := tmp_path / "config.json").write_text(json.dumps(TINY_CONFIG))
+    f["config"] = f_cfg
     missing = {k: v for k, v in TINY_CONFIG.items() if k != "hidden_size"}
     (f_missing := tmp_path / "missing.json").write_text(json.dumps(missing))
     f["missing"] = f_missing
@@ -174,6 +176,14 @@ BAD = {
     "sweep bad scenario": (["sweep", "-m", SMOL, "-d", CPU, "-s", "SISO,5:-1"], ["'5:-1'"]),
     "sweep plot unknown column": (["sweep", "-m", SMOL, "-d", CPU, "--plot", "p", "--y", "tps"], ["--y", "'tps'"]),
     "plot unknown device": (["plot", "-m", SMOL, "-d", "rtx-309"], ["'rtx-309'"]),
+    "plot nothing to draw": (["plot", "-m", SMOL], ["--model and --device", "--records"]),
+    "plot records not bench JSON": (["plot", "--records", "{config}"], ["config.json", "bench results"]),
+    "bench unknown backend": (["bench", "--backend", "onnx"], ["'onnx'", "torch, llamacpp"]),
+    "bench fp16": (["bench", "--dtype", "fp16"], ["'fp16'", "fp32 or bf16"]),
+    "bench bad scenario": (["bench", "-s", "SISO,0:3"], ["'0:3'"]),
+    "bench threads 0": (["bench", "--threads", "0"], ["threads", "0"]),
+    "bench on a folder with llama.cpp": (["bench", "-m", "{tiny_dir}", "--backend", "llamacpp"], ["GGUF"]),
+    "probe zero repeats": (["probe", "--repeats", "0", "--no-save"], ["repeats"]),
 }
 
 
@@ -466,3 +476,60 @@ def test_plot_writes_png_and_svg(tmp_path):
     assert b"<svg" in svg.read_bytes()[:2000]
     assert "stem.png" in out and "stem.svg" in out
     no_tmp_left(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# the measured side: probe, bench, plot --records
+
+
+def test_probe_json_and_local_device():
+    res = ok("probe", "--array-mib", "16", "--repeats", "2", "--threads", "1", "--json")
+    data = json.loads(res.stdout)
+    assert data["device"]["id"] == "local" and data["device"]["provenance"]["kind"] == "measured"
+    assert data["probe"]["threads"] == 1 and data["probe"]["bandwidth_Bps"]["triad"]["n"] == 2
+    assert set(data["probe"]["gemm_flops"]) == {"fp32", "bf16", "fp16", "int8"}
+    out = ok("analyze", "-m", SMOL, "-d", "local", "--json")  # saved: every later command can use it
+    assert json.loads(out.stdout)["device"]["provenance"] == "measured"
+
+
+def test_bench_json_out_plot_and_depth_sweep(tiny_model_dir, tmp_path):
+    ok("probe", "--array-mib", "16", "--repeats", "1", "--threads", "1")
+    stem = tmp_path / "plots" / "bench"
+    res = ok("bench", "-m", tiny_model_dir, "-s", "8:4,16:4", "--layers", "1,all", "--threads", "1", "--repeats", "2",
+             "--reference", "epyc-zen4-2vcpu", "--out", tmp_path / "bench.json", "--plot", stem, "--json")
+    data = json.loads(res.stdout)
+    results = data["results"]
+    assert len(results) == 4  # 2 depths x 2 scenarios
+    assert {(r["params"]["scenario"]["prompt"], r["model"]["layers"]) for r in results} == {(8, 1), (8, 3), (16, 1), (16, 3)}
+    for r in results:
+        assert [x["role"] for x in r["roofline"]] == ["probe", "catalogue"]
+        for s in r["samples"]:
+            assert s["prompt_tokens"] == r["params"]["scenario"]["prompt"] and s["generated_tokens"] == 4
+        assert r["roofline"][0]["decode"]["phi"]["n"] == 2
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["kind"] == "ridgeline.bench.results" and len(saved["results"]) == 4
+    for name in ("bench.png", "bench.svg", "bench_layers.png", "bench_layers.svg"):
+        assert (stem.parent / name).stat().st_size > 1000
+    # plot --records: the measured points beside an analytic roofline
+    out = tmp_path / "both"
+    ok("plot", "-m", tiny_model_dir, "-d", "local", "--records", tmp_path / "bench.json", "-o", out)
+    assert (tmp_path / "both.svg").read_text().count("measured torch fp32") >= 1
+    no_tmp_left(tmp_path)
+
+
+def test_bench_table_prints_prediction_error(tiny_model_dir):
+    ok("probe", "--array-mib", "16", "--repeats", "1", "--threads", "1")
+    res = ok("bench", "-m", tiny_model_dir, "-s", "8:4", "--repeats", "1", "--impl", "hf")
+    assert "torch-hf fp32" in res.stdout
+    assert "predicted on the probe roof (error" in res.stdout
+
+
+def test_bench_without_probe_says_so(tiny_model_dir):
+    res = ok("bench", "-m", tiny_model_dir, "-s", "8:2", "--repeats", "1", "--reference", "none", "--json")
+    assert "ridgeline probe" in res.stderr
+    assert json.loads(res.stdout)["results"][0]["roofline"] == []
+
+
+def test_bench_refuses_what_does_not_fit(tiny_model_dir):
+    res = run("bench", "-m", tiny_model_dir, "-s", "64:64", "--memory-limit", "0.000001")
+    assert_one_line_error(res, "predicted to need", "weights", "KV", "not loading")

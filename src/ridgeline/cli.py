@@ -436,8 +436,9 @@ def _progress(description: str) -> Iterator[Callable[[str, int, int], None]]:
     """A rich progress bar on stderr; yields the (what, done, total) callback library code reports to."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    # piped or captured stderr gets no bar (it would leave blank lines around a one-line error)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True) as bar:
+                  console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
         task = bar.add_task(description, total=None)
 
         def report(what: str, done: int, total: int) -> None:
@@ -504,6 +505,9 @@ def run_bench_grid(groups, device: str, reference: str, device_file: Optional[Pa
     from ridgeline.measure.stats import cpu_model
     from ridgeline.specs.device import get_device, host_device
 
+    for group in groups:
+        for cfg in group:
+            check_memory(cfg)  # refuse bad input and what will not fit before loading anything
     extra = (device_file,) if device_file else ()
     try:
         measured_roof = get_device(device, extra)
@@ -512,7 +516,7 @@ def run_bench_grid(groups, device: str, reference: str, device_file: Optional[Pa
             raise
         measured_roof = None
         err_console.print(f"[yellow]note:[/yellow] {escape(str(exc))}; Φ only against the catalogue roof",
-                          highlight=False)
+                          highlight=False, soft_wrap=True)
     if reference == "auto":
         import os
 
@@ -524,8 +528,6 @@ def run_bench_grid(groups, device: str, reference: str, device_file: Optional[Pa
     with _progress(label) as report:
         done = 0
         for group in groups:
-            for cfg in group:
-                check_memory(cfg)  # refuse before loading anything
             first = group[0]
             with torch_threads(first.threads):
                 report(f"loading {first.model} ({first.backend} {first.dtype})", done, total)
@@ -598,8 +600,8 @@ def bench(
         err_console.print(f"[yellow]modelling error:[/yellow] {escape(w)}", highlight=False)
     if plot_stem is not None:
         with _writing(plot_stem):
-            for p in _bench_plots(results, plot_stem):
-                console.print(f"wrote {escape(str(p))}", highlight=False)
+            for p in _bench_plots(results, plot_stem):  # with --json, stdout holds only the JSON
+                (err_console if as_json else console).print(f"wrote {escape(str(p))}", highlight=False)
 
 
 def _print_error_line(r: dict) -> None:
