@@ -1,34 +1,13 @@
-"""What every benchmark record carries: machine, threads, versions, date; and timing statistics."""
+"""What every benchmark record carries (machine, threads, versions, date) and a repeat-timing helper."""
 
 from __future__ import annotations
 
-import datetime as _dt
-import os
-import platform
-import statistics
 import time
-from importlib import metadata
 from typing import Callable
 
+from ridgeline.measure.stats import machine_info, summarize
 
-def machine_info() -> dict:
-    """CPU model, cores, Python and package versions, date."""
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
-    except OSError:
-        pass
-    versions = {}
-    for pkg in ("ridgeline", "numpy", "torch", "transformers", "gguf"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "versions": versions,
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None}
+__all__ = ["machine_info", "timed"]
 
 
 def timed(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> dict:
@@ -40,5 +19,6 @@ def timed(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> dict:
         t0 = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(samples), "min_s": min(samples), "max_s": max(samples),
-            "repeats": repeats, "warmup": warmup, "samples_s": samples}
+    s = summarize(samples)
+    return {"median_s": s.median, "min_s": s.min, "max_s": s.max, "repeats": repeats, "warmup": warmup,
+            "samples_s": samples}

@@ -70,13 +70,14 @@ def bench_table(results: Sequence[dict], title: str = "measured runs") -> Table:
     rows = flat_rows(results)
     t = Table(title=title, title_justify="left")
     for c in ("run", "scenario", "thr", "layers", "TTFT", "prefill tok/s", "decode tok/s (min–max)", "ms/token",
-              "Φ prefill", "Φ decode", "BW util", "pred ms/token", "error", "Φ decode (catalogue)"):
+              "OI/token", "Φ prefill", "Φ decode", "BW util", "pred ms/token", "error", "Φ decode (catalogue)"):
         t.add_column(c, justify="left" if c in ("run", "scenario") else "right")
     for r in rows:
         t.add_row(r["run"], r["scenario"], str(r["threads"]), str(r["layers"] or "-"), f"{r['ttft_s'] * 1e3:.1f} ms",
                   f"{r['prefill_tokens_per_s']:.0f}",
                   f"{r['decode_tokens_per_s']:.1f} ({r['decode_tokens_per_s_min']:.1f}–{r['decode_tokens_per_s_max']:.1f})",
                   f"{r['decode_s_per_token'] * 1e3:.2f}",
+                  f"{r['decode_intensity']:.2f}" if r.get("decode_intensity") else "-",
                   _phi(r.get("phi_prefill_probe")), _phi(r.get("phi_decode_probe")),
                   f"{r['bw_util_decode_probe']:.0%}" if r.get("bw_util_decode_probe") is not None else "-",
                   f"{r['predicted_decode_s_per_token_probe'] * 1e3:.2f}" if r.get("predicted_decode_s_per_token_probe") else "-",
