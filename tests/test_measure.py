@@ -56,7 +56,7 @@ def test_probe_saves_a_local_device(small_probe):
     assert local.provenance.kind == "measured"
     assert local.provenance.date == datetime.date.today().isoformat()
     assert local.bandwidth_Bps == small_probe.read_bandwidth
-    assert local.peak_flops["bf16"] == small_probe.gemm["bf16"].median
+    assert local.peak_flops["bf16"] == small_probe.gemm["bf16"].max  # a ceiling: the best sample
     assert local.threads == 1
 
 

@@ -3,7 +3,9 @@
 Bandwidth: STREAM-style kernels on torch arrays far larger than the last-level cache. Every stream
 is counted (copy = 1 read + 1 write, triad `a = b + s*c` = 2 reads + 1 write); write-allocate traffic
 is not counted, as in STREAM. Outputs are preallocated, each kernel is warmed up, then repeated.
-The roof used for predictions is the median of the best read-only kernel (decode reads weights).
+The roofs are ceilings, so they take the best sample (noise on a shared machine only ever slows a
+kernel down): bandwidth from the best read-only kernel (decode reads weights), peaks per dtype;
+medians and every sample stay in the record, and a median far below the best is warned about.
 Compute: square GEMMs per dtype (int8 through `torch._int_mm`), FLOPs = 2·n³, sized so one run
 takes long enough to time. RooflineBench's probe timed 10 matmuls with no warm-up and counted
 2 of the triad's 3 streams; this one does neither.
@@ -42,8 +44,13 @@ class ProbeResult:
 
     @property
     def read_bandwidth(self) -> float:
-        """The bandwidth roof: median of the best read-only kernel, B/s."""
-        return max(self.bandwidth[k].median for k in self.bandwidth if k.startswith("read"))
+        """The bandwidth roof: best sample of the read-only kernels, B/s."""
+        return max(self.bandwidth[k].max for k in self.bandwidth if k.startswith("read"))
+
+    @property
+    def peaks(self) -> dict[str, float]:
+        """The compute roofs: best sample per GEMM dtype, FLOP/s."""
+        return {d: s.max for d, s in self.gemm.items()}
 
     def to_json(self) -> dict:
         """Everything measured, with every sample."""
@@ -51,8 +58,7 @@ class ProbeResult:
                 "bandwidth_Bps": {k: v.to_json() for k, v in self.bandwidth.items()},
                 "gemm_flops": {k: v.to_json() for k, v in self.gemm.items()},
                 "gemm_sizes": self.gemm_sizes, "memory_bytes": self.memory_bytes,
-                "roof": {"bandwidth_Bps": self.read_bandwidth,
-                         "peak_flops": {k: v.median for k, v in self.gemm.items()}},
+                "roof": {"bandwidth_Bps": self.read_bandwidth, "peak_flops": self.peaks},
                 "warnings": list(self.warnings), "machine": self.machine}
 
 
@@ -168,13 +174,13 @@ def probe(threads: int | None = None, array_mib: int = 512, repeats: int = 7, wa
 
 def probe_device(result: ProbeResult, device_id: str = "local") -> DeviceSpec:
     """The measured roofs as a device entry (provenance 'measured', today's date)."""
-    peaks = {d: s.median for d, s in result.gemm.items()}
+    peaks = result.peaks
     if "fp32" not in peaks:
         raise RidgelineError("a device entry needs the fp32 GEMM peak; probe fp32 too")
     bw = result.read_bandwidth
     notes = (f"ridgeline probe, {result.threads} threads, arrays {result.array_bytes / 2**20:.0f} MiB; "
-             f"bandwidth = median of best read kernel (copy {result.bandwidth['copy'].median / 1e9:.1f}, "
-             f"triad {result.bandwidth['triad'].median / 1e9:.1f} GB/s counting every stream); "
+             f"roofs = best samples; bandwidth from the read kernels (copy {result.bandwidth['copy'].max / 1e9:.1f}, "
+             f"triad {result.bandwidth['triad'].max / 1e9:.1f} GB/s counting every stream); "
              f"GEMM n = {result.gemm_sizes}")
     return DeviceSpec(
         id=device_id, name=f"{cpu_model()} ({result.threads} threads, probed)", kind="cpu",

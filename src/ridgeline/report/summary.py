@@ -39,12 +39,12 @@ def summary_report(title: str, probe: dict | None, predictions: Sequence[dict], 
         rep.table(rows, [Column("kernel", "kernel", left=True), Column("median", "median", lambda v: si(v, "B/s")),
                          Column("min", "min", lambda v: si(v, "B/s")), Column("max", "max", lambda v: si(v, "B/s")),
                          Column("repeats", "n")],
-                  caption="copy counts 1 read + 1 write, triad 2 reads + 1 write; the roof is the best read kernel")
+                  caption="copy counts 1 read + 1 write, triad 2 reads + 1 write; the roof is the best sample of a read kernel")
         rows = [{"dtype": k, "size": probe["gemm_sizes"][k], **v} for k, v in probe["gemm_flops"].items()]
         rep.table(rows, [Column("GEMM dtype", "dtype", left=True), Column("n", "size"),
                          Column("median", "median", lambda v: si(v, "FLOP/s")),
                          Column("min", "min", lambda v: si(v, "FLOP/s")), Column("max", "max", lambda v: si(v, "FLOP/s")),
-                         Column("repeats", "n")])
+                         Column("repeats", "n")], caption="the compute roof per dtype is its best sample")
         for w in probe.get("warnings", []):
             rep.para(f"warning: {w}", "warn")
         m = probe["machine"]

@@ -105,8 +105,8 @@ def probe_table(result) -> Table:
         t.add_column(c, justify="left" if c in ("kernel", "note") else "right")
     for name, s in result.bandwidth.items():
         note = {"copy": "1 read + 1 write", "triad": "2 reads + 1 write"}.get(name, "read only")
-        if s.median == result.read_bandwidth:
-            note += " · the roof"
+        if s.max == result.read_bandwidth:
+            note += " · roof = its best sample"
         t.add_row(name, si(s.median, "B/s"), si(s.min, "B/s"), si(s.max, "B/s"), f"{s.spread:.0%}", note)
     for d, s in result.gemm.items():
         n = result.gemm_sizes[d]
