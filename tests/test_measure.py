@@ -270,3 +270,38 @@ def test_decode_workload_matches_the_run(tiny_record):
     assert w.model.n_layers == 3 and w.precision.weights == "fp32"
     assert math.isclose(w.weights_bytes, 4 * sum(
         v for v in (320 * 64 * 2, 3 * (64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 96 + 2 * 64), 64)))
+
+
+def test_gemv_rate_prices_weight_bytes_and_leaves_phi_alone(small_probe):
+    import dataclasses
+
+    import numpy as np
+
+    from ridgeline.roofline.evaluate import evaluate
+    from ridgeline.roofline.workload import build_workload
+    from ridgeline.specs.model import spec_from_config
+    from ridgeline.specs.scenario import Precision
+    from conftest import family_config
+
+    assert set(small_probe.gemv) == {"fp32", "bf16"} and all(s.median > 0 for s in small_probe.gemv.values())
+    w = build_workload(spec_from_config(family_config("llama")), Scenario(16, 8), Precision("bf16", "bf16", "bf16"))
+    plain = _device(bw=30e9, peak=1e30)  # memory-bound everywhere
+    slow = dataclasses.replace(plain, gemv_Bps={"bf16": 10e9})
+    a, b = evaluate(w, plain), evaluate(w, slow)
+    for op_a, op_b, op in zip(a.decode.ops, b.decode.ops, w.decode.ops):
+        wb = op.total_bytes(8).get("weights", 0.0)
+        other = sum(op.total_bytes(8).values()) - wb
+        assert op_a.time_s == pytest.approx((wb + other) / 30e9, rel=1e-9, abs=1e-15)
+        assert op_b.time_s == pytest.approx(other / 30e9 + wb / 10e9, rel=1e-9, abs=1e-15)
+    assert a.decode.attainable_flops == b.decode.attainable_flops  # the roof (and so Φ) is the memory roof
+    assert slow.weight_bandwidth("q4_0") == 30e9 and slow.weight_bandwidth("bf16") == 10e9
+    assert np.all(b.decode.step_times_s > a.decode.step_times_s)
+
+
+def test_device_file_rejects_bad_gemv_rate():
+    from ridgeline.specs.device import device_from_dict
+
+    entry = {"id": "x", "name": "x", "memory_bytes": 1e9, "bandwidth_Bps": 1e9, "peak_flops": {"fp32": 1e9},
+             "provenance": {"kind": "measured", "source": "s", "date": "2026"}, "gemv_Bps": {"bf16": -1}}
+    with pytest.raises(RidgelineError, match="gemv_Bps"):
+        device_from_dict(entry)

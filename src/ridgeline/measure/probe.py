@@ -7,7 +7,9 @@ The roofs are ceilings, so they take the best sample (noise on a shared machine 
 kernel down): bandwidth from the best read-only kernel (decode reads weights), peaks per dtype;
 medians and every sample stay in the record, and a median far below the best is warned about.
 Compute: square GEMMs per dtype (int8 through `torch._int_mm`), FLOPs = 2·n³, sized so one run
-takes long enough to time. RooflineBench's probe timed 10 matmuls with no warm-up and counted
+takes long enough to time. Decode's kernel: batch-1 matrix-vector products over weights larger than the
+cache, per weight dtype; where torch's GEMV streams below the memory roof, predictions use its rate
+for weight bytes (Φ still uses the memory roof). RooflineBench's probe timed 10 matmuls with no warm-up and counted
 2 of the triad's 3 streams; this one does neither.
 """
 
@@ -26,6 +28,7 @@ from ridgeline.measure.stats import Stat, cpu_model, machine_info, summarize
 from ridgeline.specs.device import DeviceSpec, Provenance, user_dir
 
 GEMM_DTYPES = ("fp32", "bf16", "fp16", "int8")
+GEMV_DTYPES = ("fp32", "bf16")  # weight dtypes decode streams through torch's matrix-vector kernels
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 
@@ -38,6 +41,7 @@ class ProbeResult:
     bandwidth: dict[str, Stat]
     gemm: dict[str, Stat]
     gemm_sizes: dict[str, int]
+    gemv: dict[str, Stat]  # matrix-vector rate per weight dtype, B/s of weights (decode's kernel)
     machine: dict
     memory_bytes: float
     warnings: tuple[str, ...] = field(default_factory=tuple)
@@ -57,7 +61,8 @@ class ProbeResult:
         return {"threads": self.threads, "array_bytes": self.array_bytes,
                 "bandwidth_Bps": {k: v.to_json() for k, v in self.bandwidth.items()},
                 "gemm_flops": {k: v.to_json() for k, v in self.gemm.items()},
-                "gemm_sizes": self.gemm_sizes, "memory_bytes": self.memory_bytes,
+                "gemm_sizes": self.gemm_sizes, "gemv_Bps": {k: v.to_json() for k, v in self.gemv.items()},
+                "memory_bytes": self.memory_bytes,
                 "roof": {"bandwidth_Bps": self.read_bandwidth, "peak_flops": self.peaks},
                 "warnings": list(self.warnings), "machine": self.machine}
 
@@ -145,6 +150,25 @@ def gemm_peak(dtype: str, repeats: int, warmup: int, max_n: int = 2048, min_time
     return summarize([2.0 * n**3 / s for s in samples]), n
 
 
+def gemv_rate(dtype: str, total_bytes: int, repeats: int, warmup: int) -> Stat:
+    """Weight bytes per second of batch-1 `F.linear` (decode's matrix-vector product) over `total_bytes` of
+    8192×2048 weights, more than the last-level cache holds, each used once per pass."""
+    import torch
+    import torch.nn.functional as F
+
+    td = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    n, k = 8192, 2048
+    per = n * k * td.itemsize
+    ws = [torch.randn(n, k).to(td) for _ in range(max(2, total_bytes // per))]
+    x = torch.randn(1, k).to(td)
+
+    def one_pass() -> None:
+        for w in ws:
+            F.linear(x, w)
+
+    return summarize([len(ws) * per / t for t in _time(one_pass, repeats, warmup)])
+
+
 def probe(threads: int | None = None, array_mib: int = 512, repeats: int = 7, warmup: int = 2,
           dtypes: tuple[str, ...] = GEMM_DTYPES, progress: Progress | None = None) -> ProbeResult:
     """Measure bandwidth (read/copy/triad) and GEMM peaks per dtype with `threads` torch threads."""
@@ -166,10 +190,15 @@ def probe(threads: int | None = None, array_mib: int = 512, repeats: int = 7, wa
             if progress:
                 progress(f"GEMM {d}", i, len(dtypes))
             gemm[d], sizes[d] = gemm_peak(d, max(3, repeats // 2), warmup)
-    for name, s in {**bw, **gemm}.items():
+        gemv = {}
+        for i, d in enumerate(GEMV_DTYPES):
+            if progress:
+                progress(f"GEMV {d}", i, len(GEMV_DTYPES))
+            gemv[d] = gemv_rate(d, array_bytes, repeats, warmup)
+    for name, s in {**bw, **gemm, **{f"gemv_{k}": v for k, v in gemv.items()}}.items():
         if s.max and s.median / s.max < 0.75:
             warnings.append(f"{name}: median is {s.median / s.max:.0%} of the best sample (noisy machine?)")
-    return ProbeResult(used, array_bytes, bw, gemm, sizes, machine_info(), mem, tuple(warnings))
+    return ProbeResult(used, array_bytes, bw, gemm, sizes, gemv, machine_info(), mem, tuple(warnings))
 
 
 def probe_device(result: ProbeResult, device_id: str = "local") -> DeviceSpec:
@@ -188,7 +217,7 @@ def probe_device(result: ProbeResult, device_id: str = "local") -> DeviceSpec:
         provenance=Provenance("measured", f"ridgeline probe {machine_info(('ridgeline',))['versions']['ridgeline']}",
                               _dt.date.today().isoformat(), notes),
         engines={d: ("torch._int_mm" if d == "int8" else "torch.mm") for d in peaks},
-        threads=result.threads)
+        threads=result.threads, gemv_Bps={d: s.max for d, s in result.gemv.items()})
 
 
 def save_device(device: DeviceSpec, result: ProbeResult | None = None) -> Path:

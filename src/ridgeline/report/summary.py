@@ -45,6 +45,12 @@ def summary_report(title: str, probe: dict | None, predictions: Sequence[dict], 
                          Column("median", "median", lambda v: si(v, "FLOP/s")),
                          Column("min", "min", lambda v: si(v, "FLOP/s")), Column("max", "max", lambda v: si(v, "FLOP/s")),
                          Column("repeats", "n")], caption="the compute roof per dtype is its best sample")
+        rows = [{"dtype": k, **v} for k, v in probe.get("gemv_Bps", {}).items()]
+        rep.table(rows, [Column("GEMV weights", "dtype", left=True), Column("median", "median", lambda v: si(v, "B/s")),
+                         Column("min", "min", lambda v: si(v, "B/s")), Column("max", "max", lambda v: si(v, "B/s")),
+                         Column("repeats", "n")],
+                  caption="batch-1 matrix-vector (decode's kernel), weight bytes per second; predictions stream "
+                          "weights at this rate, Φ uses the memory roof")
         for w in probe.get("warnings", []):
             rep.para(f"warning: {w}", "warn")
         m = probe["machine"]

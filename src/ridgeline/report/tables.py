@@ -112,4 +112,7 @@ def probe_table(result) -> Table:
         n = result.gemm_sizes[d]
         t.add_row(f"GEMM {d}", si(s.median, "FLOP/s"), si(s.min, "FLOP/s"), si(s.max, "FLOP/s"), f"{s.spread:.0%}",
                   f"{n}×{n}×{n}" + (" torch._int_mm" if d == "int8" else ""))
+    for d, s in result.gemv.items():
+        t.add_row(f"GEMV {d}", si(s.median, "B/s"), si(s.min, "B/s"), si(s.max, "B/s"), f"{s.spread:.0%}",
+                  "batch-1 F.linear, weight bytes/s (decode's kernel)")
     return t

@@ -1,7 +1,8 @@
 """Evaluate a Workload on a device: attainable FLOP/s, bound, time per operator, per step and per phase.
 
 Time per step is the sum over operators of max(FLOPs / peak, bytes / bandwidth) (each operator runs
-at its own roofline), summed over the steps of the phase, so a decode whose attention grows with the
+at its own roofline; weight bytes at the device's measured GEMV rate for that format when it has one),
+summed over the steps of the phase, so a decode whose attention grows with the
 context is integrated exactly. The phase's own point (FLOPs / bytes) is what the roofline plot shows.
 """
 
@@ -102,11 +103,14 @@ class Prediction:
         return self.memory_total <= self.device.memory_bytes
 
 
-def _phase(phase: Phase, peak: float, bw: float) -> PhaseResult:
+def _phase(phase: Phase, peak: float, bw: float, weight_bw: float) -> PhaseResult:
     step_times = np.zeros(max(phase.steps, 1))
     ops = []
     for op in phase.ops:
-        t = np.maximum(op.flops / peak, op.step_bytes() / bw) * op.count  # per step (or constant)
+        # weights stream at the engine's GEMV rate where the device has one measured, everything else at bw
+        w = op.bytes.get("weights", 0.0)
+        memory_t = (op.step_bytes() - w) / bw + w / weight_bw
+        t = np.maximum(op.flops / peak, memory_t) * op.count  # per step (or constant)
         t_total = float(t.sum()) if t.size > 1 else float(t[0]) * phase.steps
         step_times = step_times + t
         ops.append(OpResult(op.name, op.kind, op.group, op.count, op.total_flops(phase.steps),
@@ -126,8 +130,9 @@ def evaluate(workload: Workload, device: DeviceSpec) -> Prediction:
     """Price every operator of the workload on the device's roofline."""
     peak, dtype = device.peak(workload.precision.compute_dtype)
     bw = device.bandwidth_Bps
-    return Prediction(workload, device, peak, dtype, _phase(workload.prefill, peak, bw),
-                      _phase(workload.decode, peak, bw))
+    wbw = device.weight_bandwidth(workload.precision.weights)
+    return Prediction(workload, device, peak, dtype, _phase(workload.prefill, peak, bw, wbw),
+                      _phase(workload.decode, peak, bw, wbw))
 
 
 def prediction_json(p: Prediction, per_operator: bool = False) -> dict:

@@ -47,6 +47,9 @@ class DeviceSpec:
     engines: dict[str, str] = field(default_factory=dict)  # dtype -> which unit the peak is for
     threads: int | None = None  # for measured CPU entries: threads the probe used
     host_match: dict[str, Any] = field(default_factory=dict)  # {"cpu": substring, "cores": n}: this host's entry
+    # measured matrix-vector streaming rate per weight dtype (B/s of weights): what decode's GEMV kernels
+    # actually stream at in the framework that was probed, when that is below the memory roof
+    gemv_Bps: dict[str, float] = field(default_factory=dict)
 
     def peak(self, dtype: str) -> tuple[float, str]:
         """Peak FLOP/s for `dtype` and the dtype actually used (falls back fp16↔bf16, then fp32)."""
@@ -54,6 +57,10 @@ class DeviceSpec:
             if cand and cand in self.peak_flops:
                 return self.peak_flops[cand], cand
         raise RidgelineError(f"device {self.id!r} lists no peak FLOP/s (needs at least fp32)")
+
+    def weight_bandwidth(self, weights: str) -> float:
+        """Bandwidth at which weights of format `weights` stream: the measured GEMV rate where probed, else the roof."""
+        return min(self.gemv_Bps.get(weights, self.bandwidth_Bps), self.bandwidth_Bps)
 
     def ridge(self, dtype: str) -> float:
         """Ridge point (FLOP/byte) for `dtype`: where the compute and memory roofs meet."""
@@ -66,6 +73,7 @@ class DeviceSpec:
             "memory_bytes": self.memory_bytes, "bandwidth_Bps": self.bandwidth_Bps,
             "peak_flops": dict(self.peak_flops), "tdp_w": self.tdp_w,
             "engines": dict(self.engines), "threads": self.threads, "host_match": dict(self.host_match),
+            "gemv_Bps": dict(self.gemv_Bps),
             "provenance": {"kind": self.provenance.kind, "source": self.provenance.source,
                            "date": self.provenance.date, "notes": self.provenance.notes},
         }
@@ -114,6 +122,7 @@ def device_from_dict(entry: dict[str, Any], where: str = "device") -> DeviceSpec
         engines={str(k): str(v) for k, v in (entry.get("engines") or {}).items()},
         threads=entry.get("threads"),
         host_match=dict(entry.get("host_match") or {}),
+        gemv_Bps={str(k): _positive(entry["gemv_Bps"], k, f"{where} gemv_Bps") for k in (entry.get("gemv_Bps") or {})},
     )
 
 
