@@ -59,7 +59,7 @@ def flat_rows(results: Sequence[dict]) -> list[dict[str, Any]]:
     return rows
 
 
-def _phi(v: float | None, flags: str = "") -> str:
+def _phi(v: float | None) -> str:
     if v is None:
         return "-"
     return f"[red]{v:.2f}![/red]" if v > 1 else f"{v:.2f}"
@@ -68,21 +68,24 @@ def _phi(v: float | None, flags: str = "") -> str:
 def bench_table(results: Sequence[dict], title: str = "measured runs") -> Table:
     """Medians with spread, Φ against the probe (measured) and catalogue roofs, prediction error."""
     rows = flat_rows(results)
-    t = Table(title=title, title_justify="left")
-    for c in ("run", "scenario", "thr", "layers", "TTFT", "prefill tok/s", "decode tok/s (min–max)", "ms/token",
-              "OI/token", "Φ prefill", "Φ decode", "BW util", "pred ms/token", "error", "Φ decode (catalogue)"):
-        t.add_column(c, justify="left" if c in ("run", "scenario") else "right")
+    t = Table(title=title, title_justify="left", caption="Φ and BW (bandwidth utilisation) against the probe roof; "
+              "pred = predicted decode ms/token on it; err = |pred − measured| / measured; cat = Φ decode against "
+              "the catalogue roof", caption_justify="left")
+    for c in ("run", "scenario", "thr", "L", "TTFT", "pp tok/s", "tg tok/s", "tg min–max", "ms/tok", "OI/tok",
+              "Φ pp", "Φ tg", "BW", "pred", "err", "Φ tg cat"):
+        t.add_column(c, justify="left" if c in ("run", "scenario") else "right", no_wrap=True)
+
+    def opt(key: str, fmt: str) -> str:
+        return format(r[key], fmt) if r.get(key) is not None else "-"
+
     for r in rows:
         t.add_row(r["run"], r["scenario"], str(r["threads"]), str(r["layers"] or "-"), f"{r['ttft_s'] * 1e3:.1f} ms",
-                  f"{r['prefill_tokens_per_s']:.0f}",
-                  f"{r['decode_tokens_per_s']:.1f} ({r['decode_tokens_per_s_min']:.1f}–{r['decode_tokens_per_s_max']:.1f})",
-                  f"{r['decode_s_per_token'] * 1e3:.2f}",
-                  f"{r['decode_intensity']:.2f}" if r.get("decode_intensity") else "-",
-                  _phi(r.get("phi_prefill_probe")), _phi(r.get("phi_decode_probe")),
-                  f"{r['bw_util_decode_probe']:.0%}" if r.get("bw_util_decode_probe") is not None else "-",
+                  f"{r['prefill_tokens_per_s']:.0f}", f"{r['decode_tokens_per_s']:.1f}",
+                  f"{r['decode_tokens_per_s_min']:.1f}–{r['decode_tokens_per_s_max']:.1f}",
+                  f"{r['decode_s_per_token'] * 1e3:.2f}", opt("decode_intensity", ".2f"),
+                  _phi(r.get("phi_prefill_probe")), _phi(r.get("phi_decode_probe")), opt("bw_util_decode_probe", ".0%"),
                   f"{r['predicted_decode_s_per_token_probe'] * 1e3:.2f}" if r.get("predicted_decode_s_per_token_probe") else "-",
-                  f"{r['decode_error_probe']:.0%}" if r.get("decode_error_probe") is not None else "-",
-                  _phi(r.get("phi_decode_catalogue")))
+                  opt("decode_error_probe", ".0%"), _phi(r.get("phi_decode_catalogue")))
     return t
 
 
@@ -101,7 +104,7 @@ def phi_warnings(results: Sequence[dict]) -> list[str]:
 def measured_points(results: Sequence[dict], analytic: bool = True) -> list[Point]:
     """Roofline points: each run's prefill and decode at the Workload's intensity and the achieved FLOP/s;
     with `analytic`, the prediction (per-operator time on the probe roof) beside each."""
-    pts = []
+    pts, labelled = [], set()
     for r in results:
         x = _roof(r, "probe") or (r.get("roofline") or [None])[0]
         if x is None:
@@ -109,8 +112,9 @@ def measured_points(results: Sequence[dict], analytic: bool = True) -> list[Poin
         label = run_label(r)
         for ph in ("prefill", "decode"):
             d = x[ph]
-            pts.append(Point(f"{ph} {r['params']['scenario']['name']}", d["intensity"], d["achieved_flops"],
-                             f"measured {label}"))
+            first = (label, ph) not in labelled  # one label per series and phase keeps the plot readable
+            labelled.add((label, ph))
+            pts.append(Point(ph, d["intensity"], d["achieved_flops"], f"measured {label}", annotate=first))
             if analytic and d["predicted_s"] > 0:
                 pts.append(Point(ph, d["intensity"], d["flops"] / d["predicted_s"], f"analytic ({x['role']} roof)",
                                  annotate=False))

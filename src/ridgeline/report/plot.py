@@ -106,7 +106,9 @@ def plot_roofline(roofs: Sequence[Roof], points: Sequence[Point], out: str | Pat
     ax.set_ylabel("performance (FLOP/s)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=8, loc="lower right")
+    # the legend goes beside the axes, where it hides no point
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.set_size_inches(13, 6)
     fig.tight_layout()
     paths = _save(fig, out)
     plt.close(fig)
