@@ -305,3 +305,31 @@ def test_device_file_rejects_bad_gemv_rate():
              "provenance": {"kind": "measured", "source": "s", "date": "2026"}, "gemv_Bps": {"bf16": -1}}
     with pytest.raises(RidgelineError, match="gemv_Bps"):
         device_from_dict(entry)
+
+
+def test_missing_llama_cpp_says_how_to_install(monkeypatch):
+    import sys
+
+    from ridgeline.measure.backends import import_llama_cpp, llama_cpp_available
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import fails as if it were not installed
+    with pytest.raises(RidgelineError, match=r"pip install 'ridgeline\[llamacpp\]'"):
+        import_llama_cpp()
+    assert not llama_cpp_available()
+
+
+def test_probe_is_kept_per_thread_count(small_probe):
+    import dataclasses
+
+    from ridgeline.measure.probe import probe_device, roof_for_threads, save_device
+    from ridgeline.specs.device import get_device
+
+    one = probe_device(small_probe)  # probed with 1 thread
+    save_device(one, small_probe)
+    two = dataclasses.replace(one, threads=2, bandwidth_Bps=one.bandwidth_Bps * 1.5)
+    save_device(two)  # a later default probe with 2 threads becomes `local`
+    local = get_device("local")
+    assert local.threads == 2 and get_device("local-1t").threads == 1 and get_device("local-2t").threads == 2
+    assert roof_for_threads(local, 1).bandwidth_Bps == one.bandwidth_Bps
+    assert roof_for_threads(local, 2) is local
+    assert roof_for_threads(local, 8) is local  # never probed at 8: the default roof

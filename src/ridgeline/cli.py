@@ -501,7 +501,7 @@ def run_bench_grid(groups, device: str, reference: str, device_file: Optional[Pa
     """Run every group (one model load each) with progress; place each record on the probe and catalogue roofs."""
     from ridgeline.measure.bench import check_memory, load_runner, run_bench
     from ridgeline.measure.phi import place, result_json
-    from ridgeline.measure.probe import torch_threads
+    from ridgeline.measure.probe import roof_for_threads, torch_threads
     from ridgeline.measure.stats import cpu_model
     from ridgeline.specs.device import get_device, host_device
 
@@ -538,8 +538,8 @@ def run_bench_grid(groups, device: str, reference: str, device_file: Optional[Pa
                             f" L={cfg.layers}" if cfg.layers else "")
                         rec = run_bench(cfg, loaded, lambda w, d, t: report(f"{what} {w}", done, total))
                         placed = []
-                        if measured_roof is not None:
-                            placed.append(place(rec, measured_roof, "probe"))
+                        if measured_roof is not None:  # the probe at the run's thread count, if there is one
+                            placed.append(place(rec, roof_for_threads(measured_roof, rec.threads), "probe"))
                         if ref is not None:
                             placed.append(place(rec, ref, "catalogue"))
                         results.append(result_json(rec, placed))
@@ -679,7 +679,9 @@ def demo(
                   + f"; depth sweep {depths} layers and thread sweep {threads} at {grid[0].label}", highlight=False)
 
     console.rule("1. probe: this machine's roofs")
-    probe_result, local, _ = _probe(None, 256, 5, save=True)
+    for t in [t for t in threads if t != cores]:  # roofs for the thread sweep (kept as local-<n>t)
+        _probe(t, 256, 5, save=True)
+    probe_result, local, _ = _probe(cores, 256, 5, save=True)  # the default roof, saved as `local`
     console.print(probe_table(probe_result))
 
     console.rule("2. analyze: the analytic roofline on the probed roofs")

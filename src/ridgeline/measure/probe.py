@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,10 +222,26 @@ def probe_device(result: ProbeResult, device_id: str = "local") -> DeviceSpec:
 
 
 def save_device(device: DeviceSpec, result: ProbeResult | None = None) -> Path:
-    """Save a measured device where the catalogue finds it ($RIDGELINE_HOME/devices/<id>.json)."""
+    """Save a measured device where the catalogue finds it ($RIDGELINE_HOME/devices/<id>.json); a probed
+    device is also kept per thread count as `<id>-<n>t`, so thread sweeps compare with their own roofs."""
+    import dataclasses
+
     from ridgeline.io import write_json
 
     data: dict = {"devices": [device.to_json()]}
     if result is not None:
         data["probe"] = result.to_json()
-    return write_json(user_dir() / "devices" / f"{device.id}.json", data)
+    path = write_json(user_dir() / "devices" / f"{device.id}.json", data)
+    if device.threads and not re.search(r"-\d+t$", device.id):
+        per = dataclasses.replace(device, id=f"{device.id}-{device.threads}t")
+        write_json(user_dir() / "devices" / f"{per.id}.json", {**data, "devices": [per.to_json()]})
+    return path
+
+
+def roof_for_threads(device: DeviceSpec, threads: int) -> DeviceSpec:
+    """The probe of `device` at `threads` threads (saved as `<id>-<n>t`) when there is one, else `device`."""
+    from ridgeline.specs.device import catalogue
+
+    if device.threads == threads:
+        return device
+    return catalogue().get(f"{device.id}-{threads}t", device)
