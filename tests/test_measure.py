@@ -123,14 +123,17 @@ def test_model_predicted_not_to_fit_is_refused_before_loading(tmp_path, monkeypa
 
 @needs_bundled
 def test_bundled_model_loads_and_is_cached():
-    from ridgeline.loader import load_model, model_cache_dir
+    from ridgeline.loader import gguf_cache_dir, load_model
     from ridgeline.specs.model import load_spec
 
     model, tok = load_model("smollm2-135m", "fp32")
     assert sum(p.numel() for p in model.parameters()) == load_spec(str(BUNDLED_GGUF)).param_count() == 134_515_008
-    cached = [d for d in model_cache_dir().iterdir() if d.name.startswith("SmolLM2-135M-Instruct.Q4_1-")]
-    assert len(cached) == 1 and (cached[0] / "model.safetensors").is_file()
-    assert "quantization_config" not in json.loads((cached[0] / "config.json").read_text())
+    cached = gguf_cache_dir(BUNDLED_GGUF)
+    assert (cached / "model.safetensors").is_file() and (cached / "tokenizer.json").is_file()
+    assert "quantization_config" not in json.loads((cached / "config.json").read_text())
+    stamp = (cached / "model.safetensors").stat().st_mtime_ns
+    load_model("smollm2-135m", "bf16")  # a second load reads the cache, it does not convert again
+    assert (cached / "model.safetensors").stat().st_mtime_ns == stamp
     # the cached weights are the GGUF's dequantized tensors, bit for bit
     import numpy as np
     from gguf import GGUFReader

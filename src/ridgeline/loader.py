@@ -96,11 +96,15 @@ def torch_dtype(dtype: Any):
     return getattr(torch, DTYPES[key])
 
 
-def _gguf_cache_dir(gguf: Path) -> Path:
-    """Cache folder of a GGUF's dequantized safetensors, keyed by the file's path, size and mtime."""
-    st = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    return model_cache_dir() / f"{gguf.stem}-{key}"
+def gguf_cache_dir(gguf: Path) -> Path:
+    """Cache folder of a GGUF's dequantized safetensors, keyed by its content (size, first and last 4 MiB),
+    so the same file installed in two environments is converted once."""
+    h = hashlib.sha256(str(gguf.stat().st_size).encode())
+    with gguf.open("rb") as f:
+        h.update(f.read(4 << 20))
+        f.seek(max(0, gguf.stat().st_size - (4 << 20)))
+        h.update(f.read())
+    return model_cache_dir() / f"{gguf.stem}-{h.hexdigest()[:12]}"
 
 
 def model_cache_dir() -> Path:
@@ -164,7 +168,7 @@ def local_folder(source: ModelSource) -> str:
     """A folder (or hub id) transformers can load: GGUFs are converted once into the user cache."""
     if source.kind != "gguf":
         return source.location
-    target = _gguf_cache_dir(Path(source.location))
+    target = gguf_cache_dir(Path(source.location))
     if not (target / "config.json").is_file():
         with _quiet_transformers():
             _convert_gguf(Path(source.location), target)
