@@ -448,7 +448,7 @@ def _progress(description: str) -> Iterator[Callable[[str, int, int], None]]:
 
 
 def _probe(threads: Optional[int], array_mib: int, repeats: int, save: bool):
-    """Run the probe with progress, print its table, save it as the 'local' device."""
+    """Run the probe with progress; save it as the 'local' device (and `local-<n>t`) when asked."""
     from ridgeline.measure.probe import probe_device, save_device
     from ridgeline.measure.probe import probe as run_probe
 
@@ -468,7 +468,7 @@ def probe(
     save: bool = typer.Option(True, "--save/--no-save", help="save as the 'local' device for --device local"),
     as_json: bool = typer.Option(False, "--json", help="print the full probe record as JSON"),
 ) -> None:
-    """Measure this machine's roofs: read/copy/triad bandwidth and GEMM peaks (fp32, bf16, fp16, int8)."""
+    """Measure this machine's roofs: read/copy/triad bandwidth, GEMM peaks (fp32, bf16, fp16, int8), GEMV rates."""
     from ridgeline.report.tables import probe_table
 
     result, device, path = _probe(threads, array_mib, repeats, save)
@@ -497,7 +497,7 @@ def _bench_grid(model: str, backends: list[str], scenarios: list, dtypes: list[s
     return groups
 
 
-def run_bench_grid(groups, device: str, reference: str, device_file: Optional[Path], label: str = "bench") -> list[dict]:
+def _run_bench_grid(groups, device: str, reference: str, device_file: Optional[Path], label: str = "bench") -> list[dict]:
     """Run every group (one model load each) with progress; place each record on the probe and catalogue roofs."""
     from ridgeline.measure.bench import check_memory, load_runner, run_bench
     from ridgeline.measure.phi import place, result_json
@@ -572,7 +572,7 @@ def bench(
     memory_limit: Optional[float] = typer.Option(None, "--memory-limit", help="refuse runs predicted to need more (GiB; default: memory available)"),
     as_json: bool = typer.Option(False, "--json", help="print the records as JSON"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the records (JSON) here"),
-    plot_stem: Optional[Path] = typer.Option(None, "--plot", help="write STEM.png/.svg: measured points on the roofline (and STEM_sweep for depth/thread sweeps)"),
+    plot_stem: Optional[Path] = typer.Option(None, "--plot", help="write STEM.png/.svg: measured points on the roofline (and STEM_layers / STEM_threads for sweeps)"),
     device_file: Optional[Path] = _DEVICE_FILE,
 ) -> None:
     """Measure the scenario on a real model: TTFT, every decode step, Φ against the probe and catalogue roofs."""
@@ -586,7 +586,7 @@ def bench(
     limit = None if memory_limit is None else memory_limit * 2**30
     groups = _bench_grid(model, backends, scenarios, _csv_list(dtype, "--dtype"), thread_list, _layer_list(layers),
                          repeats, warmup, impl, limit)
-    results = run_bench_grid(groups, device, reference, device_file)
+    results = _run_bench_grid(groups, device, reference, device_file)
     if out is not None:
         with _writing(out):
             write_json(out, {"kind": "ridgeline.bench.results", "results": _finite(results)})
@@ -646,11 +646,11 @@ def demo(
     scenarios: str = typer.Option(",".join(DEMO_GRID), "--scenarios", help="the grid (P:N comma list)"),
     repeats: int = typer.Option(3, "--repeats", "-r", help="timed repeats per run"),
     depths: str = typer.Option("2,8,16,all", "--depths", help="depth sweep (first k layers, torch bf16)"),
-    thread_list: Optional[str] = typer.Option(None, "--threads", help="thread sweep (default: 1 and all cores)"),
+    thread_list: Optional[str] = typer.Option(None, "--threads", help="thread sweep (default: 1 and torch's default)"),
     llamacpp: bool = typer.Option(True, "--llamacpp/--no-llamacpp", help="include the llama.cpp backend"),
 ) -> None:
     """The main job on the bundled model: probe → analyze → bench (torch fp32/bf16, llama.cpp) → HTML summary."""
-    import os
+    import torch
 
     from ridgeline.io import write_json, write_text
     from ridgeline.loader import bundled_gguf
@@ -668,8 +668,8 @@ def demo(
     grid = [parse_scenario(x) for x in _csv_list(scenarios, "--scenarios")]
     gguf = bundled_gguf()
     spec = load_spec(str(gguf))
-    cores = os.cpu_count() or 1
-    threads = _int_list(thread_list, "--threads") if thread_list else sorted({1, cores})
+    default = torch.get_num_threads()  # what runs without --threads use
+    threads = _int_list(thread_list, "--threads") if thread_list else sorted({1, default})
     if llamacpp and not llama_cpp_available():
         err_console.print("[yellow]note:[/yellow] llama-cpp-python is not installed (pip install 'ridgeline[llamacpp]'); "
                           "skipping the llama.cpp backend", highlight=False)
@@ -679,9 +679,9 @@ def demo(
                   + f"; depth sweep {depths} layers and thread sweep {threads} at {grid[0].label}", highlight=False)
 
     console.rule("1. probe: this machine's roofs")
-    for t in [t for t in threads if t != cores]:  # roofs for the thread sweep (kept as local-<n>t)
+    for t in [t for t in threads if t != default]:  # roofs for the thread sweep (kept as local-<n>t)
         _probe(t, 256, 5, save=True)
-    probe_result, local, _ = _probe(cores, 256, 5, save=True)  # the default roof, saved as `local`
+    probe_result, local, _ = _probe(default, 256, 5, save=True)  # the default roof, saved as `local`
     console.print(probe_table(probe_result))
 
     console.rule("2. analyze: the analytic roofline on the probed roofs")
@@ -703,16 +703,16 @@ def demo(
     backends = ["torch"] + (["llamacpp"] if llamacpp else [])
     main_groups = _bench_grid("smollm2-135m", backends, grid, ["fp32", "bf16"], [None], [None], repeats, 1, "auto",
                               None)
-    results = run_bench_grid(main_groups, "local", "auto", None, "bench")
+    results = _run_bench_grid(main_groups, "local", "auto", None, "bench")
     console.print(bench_table(results))
     for r in results:
         _print_error_line(r)
     depth_groups = _bench_grid("smollm2-135m", ["torch"], grid[:1], ["bf16"], [None], _layer_list(depths),
                                max(2, repeats - 1), 1, "auto", None)
-    depth = run_bench_grid(depth_groups, "local", "auto", None, "depth sweep")
+    depth = _run_bench_grid(depth_groups, "local", "auto", None, "depth sweep")
     thread_groups = _bench_grid("smollm2-135m", backends, grid[:1], ["bf16"], threads, [None],
                                 max(2, repeats - 1), 1, "auto", None)
-    thread = run_bench_grid(thread_groups, "local", "auto", None, "thread sweep")
+    thread = _run_bench_grid(thread_groups, "local", "auto", None, "thread sweep")
     console.print(bench_table(depth, "depth sweep (first k layers)"))
     console.print(bench_table(thread, "thread sweep"))
 
