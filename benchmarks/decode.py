@@ -116,6 +116,10 @@ def main() -> None:
         runs.append({"summary": row, "record": res})
         print(f"{row['run']}: {row['decode_tokens_per_s']['median']:.1f} tok/s, Φ decode {row['phi_decode_probe']:.2f}"
               f" (bound {row['bound_tokens_per_s']:.0f} tok/s), prediction error {row['prediction_error']:.0%}")
+    after = probe(threads=threads, array_mib=512, repeats=7)  # the roofs drift on a shared VM: say how much
+    drift = {"read_Bps_before": roofs.read_bandwidth, "read_Bps_after": after.read_bandwidth,
+             "gemv_bf16_Bps_before": roofs.gemv["bf16"].max, "gemv_bf16_Bps_after": after.gemv["bf16"].max}
+    print(f"read roof {roofs.read_bandwidth / 1e9:.1f} GB/s before the runs, {after.read_bandwidth / 1e9:.1f} after")
     profiles = [profile_decode(BenchConfig("smollm2-135m", "torch", sc, "bf16", threads, impl=i)) for i in ("lean", "hf")]
     for p in profiles:
         print(f"profile {p['impl']}: wall {p['wall_s_per_step'] * 1e3:.2f} ms/step; "
@@ -125,7 +129,7 @@ def main() -> None:
     record = {
         "benchmark": "decode", "model": "smollm2-135m (bundled SmolLM2-135M-Instruct Q4_1 GGUF)",
         "scenario": sc.to_json(), "threads": threads, "repeats": args.repeats,
-        "probe": roofs.to_json(), "catalogue_roof": catalogue_roof.id if catalogue_roof else None,
+        "probe": roofs.to_json(), "roof_drift": drift, "catalogue_roof": catalogue_roof.id if catalogue_roof else None,
         "runs": [r["summary"] for r in runs], "profiles": profiles,
         "target": {"torch_bf16_phi_decode_probe": 0.7, "measured": bf16["phi_decode_probe"],
                    "met": bf16["phi_decode_probe"] >= 0.7},

@@ -109,7 +109,7 @@ def bandwidth_kernels(array_bytes: int, repeats: int, warmup: int,
     a = torch.empty(n, dtype=torch.float32)
     b = torch.empty(n, dtype=torch.float32)
     c = torch.empty(n, dtype=torch.float32)
-    a.fill_(1.0), b.fill_(2.0), c.fill_(0.5)  # touch every page before timing
+    a.uniform_(), b.uniform_(), c.uniform_()  # touch every page before timing, with data no page shares
     nbytes = n * 4
     kernels = {  # name: (kernel, bytes moved per call)
         "read_sum": (lambda: torch.sum(a), nbytes),
