@@ -635,6 +635,68 @@ def _bench_plots(results: list[dict], stem: Path) -> list[Path]:
     return paths
 
 
+def _task_specs(tasks: str, task_dir: Optional[Path]) -> tuple[tuple[str, ...], dict[str, str]]:
+    """'ppl,cloze,arc_easy=path.jsonl,piqa' -> task names and files (`name=PATH`, else from --task-dir)."""
+    from ridgeline.eval.run import task_files_from_dir
+
+    names, files = [], {}
+    for item in _csv_list(tasks, "--tasks"):
+        name, _, path = item.partition("=")
+        names.append(name.strip())
+        if path:
+            files[name.strip()] = path.strip()
+    missing = tuple(n for n in names if n not in ("ppl", "cloze") and n not in files)
+    if missing and task_dir is not None:
+        files.update(task_files_from_dir(task_dir, missing))
+    return tuple(names), files
+
+
+@app.command("eval")
+@_cli
+def eval_(
+    models: list[str] = typer.Argument(..., help="models to compare: the bundled model (smollm2-135m), .gguf, folder or hub id"),
+    tasks: str = typer.Option("ppl", "--tasks", help="comma list: ppl, cloze, and multiple-choice tasks as NAME=FILE or NAME with --task-dir (arc_easy, arc_challenge, hellaswag, piqa, social_iqa, winogrande, openbookqa, commonsense_qa, mmlu)"),
+    task_dir: Optional[Path] = typer.Option(None, "--task-dir", help="folder holding <task>.jsonl files in the public data sets' formats"),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16, or a comma list (one variant each)"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="documents per multiple-choice task / cloze items"),
+    batch_size: int = typer.Option(8, "--batch-size", help="sequences per forward pass"),
+    corpus: Optional[str] = typer.Option(None, "--corpus", help="text for ppl/cloze: default the held-out split of the bundled corpus; a text file; or hf:<dataset id>"),
+    context: int = typer.Option(1024, "--context", help="perplexity window (tokens)"),
+    stride: int = typer.Option(512, "--stride", help="perplexity stride: tokens newly scored per window"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="cap the perplexity text at this many tokens"),
+    num_fewshot: int = typer.Option(0, "--num-fewshot", help="few-shot examples (MMLU layout)"),
+    as_json: bool = typer.Option(False, "--json", help="print the records as JSON"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the records (JSON) here"),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="write the quality table as CSV here"),
+) -> None:
+    """Measure quality: perplexity, cloze and multiple-choice accuracy (lm-eval scoring), one row per variant."""
+    from ridgeline.eval.run import EvalConfig, run_eval
+    from ridgeline.io import write_json, write_text
+    from ridgeline.report.quality import quality_rows, quality_table
+    from ridgeline.roofline.sweep import rows_to_csv
+
+    names, files = _task_specs(tasks, task_dir)
+    configs = [EvalConfig(m, names, files, d, limit=limit, batch_size=batch_size, corpus=corpus, context=context,
+                          stride=stride, max_tokens=max_tokens, num_fewshot=num_fewshot)
+               for m in models for d in _csv_list(dtype, "--dtype")]
+    records = []
+    with _progress("eval") as report:
+        for cfg in configs:
+            records.append(run_eval(cfg, progress=lambda what, d, t, v=cfg.label: report(f"{v} {what}", d, t)))
+    payload = {"kind": "ridgeline.eval.results", "records": records}
+    rows = quality_rows(records)
+    if out is not None:
+        with _writing(out):
+            write_json(out, _finite(payload))
+    if csv_out is not None:
+        with _writing(csv_out):
+            write_text(csv_out, rows_to_csv(rows, list(dict.fromkeys(k for r in rows for k in r))))
+    if as_json:
+        console.print_json(_dumps(payload))
+    else:
+        console.print(quality_table(rows))
+
+
 #: the demo's reduced RooflineBench grid: short in/short out, longer in, longer out (few minutes on 2 cores)
 DEMO_GRID = ("128:64", "512:64", "128:256")
 

@@ -1,0 +1,139 @@
+"""One evaluation run: a model (or an already transformed model object) over a list of tasks -> one record.
+
+Tasks: `ppl` (rolling-window perplexity on the held-out corpus), `cloze` (LAMBADA-style last word of
+held-out passages) and the multiple-choice tasks of `tasks.py`, each read from a local file in its
+public data set's format. Every later transform (quantization, KV formats, GQA, SWA, Medusa) is judged
+by passing its model object here with a variant name; the quality table compares the records.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ridgeline.errors import RidgelineError
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate and how; every field lands in the record."""
+
+    model: str
+    tasks: tuple[str, ...] = ("ppl",)
+    task_files: dict[str, str] = field(default_factory=dict)  # multiple-choice task -> local JSON/JSONL
+    dtype: str = "fp32"
+    variant: str = ""  # the row label in quality tables (default: the model name and dtype)
+    limit: int | None = None  # documents per multiple-choice task, items for cloze
+    batch_size: int = 8
+    corpus: str | None = None  # None: the held-out split of the default corpus; else a text file or hf:<id>
+    context: int = 1024
+    stride: int = 512
+    max_tokens: int | None = None  # cap on the perplexity text
+    num_fewshot: int = 0
+    fewshot_files: dict[str, str] = field(default_factory=dict)
+    cloze_items: int = 200
+
+    def __post_init__(self) -> None:
+        from ridgeline.eval.tasks import TASKS, task_spec
+
+        if not self.tasks:
+            raise RidgelineError("no tasks given; expected ppl, cloze or a multiple-choice task")
+        names, files = [], {}
+        for t in self.tasks:
+            if t in ("ppl", "cloze"):
+                names.append(t)
+                continue
+            try:
+                canonical = task_spec(t).name  # aliases such as siqa
+            except RidgelineError:
+                raise RidgelineError(f"unknown task {t!r}; expected ppl, cloze or one of {', '.join(TASKS)}") from None
+            path = self.task_files.get(t, self.task_files.get(canonical))
+            if path is None:
+                raise RidgelineError(f"task {t} needs a local file in its public format: {t}=PATH (or --task-dir)")
+            names.append(canonical)
+            files[canonical] = path
+        object.__setattr__(self, "tasks", tuple(names))
+        object.__setattr__(self, "task_files", files)
+        if self.limit is not None and self.limit < 1:
+            raise RidgelineError(f"limit must be >= 1, got {self.limit}")
+        if self.batch_size < 1:
+            raise RidgelineError(f"batch size must be >= 1, got {self.batch_size}")
+
+    @property
+    def label(self) -> str:
+        """The variant's row label."""
+        return self.variant or f"{self.model} {self.dtype}"
+
+
+def _corpus_text(cfg: EvalConfig) -> tuple[str, dict]:
+    from ridgeline.eval.corpus import corpus_info, load_corpus
+
+    corpus = load_corpus("eval", cfg.corpus)
+    info = corpus_info() if cfg.corpus is None else {"source": cfg.corpus, "chars": corpus.n_chars}
+    return corpus.text, info
+
+
+def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, progress: Progress | None = None) -> dict:
+    """Evaluate `cfg.tasks` on the model (loaded from `cfg.model` unless given) and return the record."""
+    from ridgeline.loader import load_model
+    from ridgeline.measure.stats import machine_info
+
+    t_load = time.perf_counter()
+    if model is None:
+        model, tokenizer = load_model(cfg.model, cfg.dtype)
+    load_s = time.perf_counter() - t_load
+    out: dict[str, Any] = {"kind": "ridgeline.eval", "variant": cfg.label, "config": _config_json(cfg),
+                           "model": {"name": cfg.model, "params": sum(p.numel() for p in model.parameters()),
+                                     "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")},
+                           "load_s": load_s, "tasks": {}, "machine": machine_info()}
+    text = None
+    for i, task in enumerate(cfg.tasks):
+        report = (lambda d, t, task=task: progress(task, d, t)) if progress else None
+        t0 = time.perf_counter()
+        if task in ("ppl", "cloze") and text is None:
+            text, out["corpus"] = _corpus_text(cfg)
+        if task == "ppl":
+            from ridgeline.eval.perplexity import PerplexityConfig, perplexity
+
+            pc = PerplexityConfig(context=cfg.context, stride=cfg.stride, batch_size=cfg.batch_size,
+                                  max_tokens=cfg.max_tokens)
+            result = perplexity(model, tokenizer, text, pc, progress=report).to_json()
+        elif task == "cloze":
+            from ridgeline.eval.cloze import build_cloze, evaluate_cloze
+
+            items = build_cloze(text, cfg.limit or cfg.cloze_items)
+            result = evaluate_cloze(model, tokenizer, items, batch_size=cfg.batch_size).to_json()
+        else:
+            from ridgeline.eval.multiple_choice import evaluate_task
+            from ridgeline.eval.tasks import load_task
+
+            t = load_task(task, cfg.task_files[task], limit=cfg.limit, num_fewshot=cfg.num_fewshot,
+                          fewshot_path=cfg.fewshot_files.get(task))
+            result = evaluate_task(model, tokenizer, t, batch_size=cfg.batch_size, progress=report).to_json()
+        result["wall_s"] = time.perf_counter() - t0
+        out["tasks"][task] = result
+    return out
+
+
+def _config_json(cfg: EvalConfig) -> dict:
+    d = asdict(cfg)
+    d["tasks"] = list(cfg.tasks)
+    return d
+
+
+def task_files_from_dir(folder: str | Path, tasks: tuple[str, ...]) -> dict[str, str]:
+    """`<task>.jsonl` or `<task>.json` in `folder` for every multiple-choice task in `tasks`."""
+    folder = Path(folder)
+    out = {}
+    for t in tasks:
+        if t in ("ppl", "cloze"):
+            continue
+        hits = [folder / f"{t}{ext}" for ext in (".jsonl", ".json") if (folder / f"{t}{ext}").is_file()]
+        if not hits:
+            raise RidgelineError(f"no {t}.jsonl or {t}.json in {folder}")
+        out[t] = str(hits[0])
+    return out
