@@ -711,14 +711,16 @@ def demo(
     thread_list: Optional[str] = typer.Option(None, "--threads", help="thread sweep (default: 1 and torch's default)"),
     llamacpp: bool = typer.Option(True, "--llamacpp/--no-llamacpp", help="include the llama.cpp backend"),
 ) -> None:
-    """The main job on the bundled model: probe → analyze → bench (torch fp32/bf16, llama.cpp) → HTML summary."""
+    """The main job on the bundled model: probe → analyze → bench (torch fp32/bf16, llama.cpp) → quality → HTML."""
     import torch
 
+    from ridgeline.eval.run import EvalConfig, run_eval
     from ridgeline.io import write_json, write_text
     from ridgeline.loader import bundled_gguf
     from ridgeline.measure.backends import llama_cpp_available
     from ridgeline.report.measured import bench_table, flat_rows
     from ridgeline.report.plot import device_roofs, plot_roofline, prediction_points
+    from ridgeline.report.quality import quality_rows, quality_table
     from ridgeline.report.summary import summary_report
     from ridgeline.report.tables import probe_table, summary_table
     from ridgeline.roofline.evaluate import evaluate, prediction_json
@@ -778,10 +780,20 @@ def demo(
     console.print(bench_table(depth, "depth sweep (first k layers)"))
     console.print(bench_table(thread, "thread sweep"))
 
-    console.rule("4. results")
+    console.rule("4. quality: held-out perplexity and cloze per variant")
+    quality = []
+    with _progress("eval") as report:
+        for d in ("fp32", "bf16"):
+            cfg = EvalConfig("smollm2-135m", ("ppl", "cloze"), dtype=d, context=512, stride=256, max_tokens=4096,
+                             cloze_items=50, batch_size=4)
+            quality.append(run_eval(cfg, progress=lambda what, i, n, d=d: report(f"{d} {what}", i, n)))
+    console.print(quality_table(quality_rows(quality)))
+
+    console.rule("5. results")
     with _writing(out):
         payload = {"kind": "ridgeline.bench.results", "results": results, "depth_sweep": depth, "thread_sweep": thread}
         write_json(out / "bench.json", _finite(payload))
+        write_json(out / "quality.json", _finite({"kind": "ridgeline.eval.results", "records": quality}))
         rows = _finite(flat_rows(results + depth + thread))
         write_text(out / "bench.csv", rows_to_csv(rows, list(dict.fromkeys(k for r in rows for k in r))))
         measured_plot = _bench_plots(results, out / "roofline")
@@ -796,12 +808,12 @@ def demo(
                   for p in thread_plot if p.name.startswith("threads_threads") and p.suffix == ".svg"]
         report = summary_report(
             f"ridgeline demo: {spec.name} on {local.name}", probe_result.to_json(),
-            [prediction_json(p) for p in predictions], results + depth + thread, plots,
+            [prediction_json(p) for p in predictions], results + depth + thread, plots, quality=quality,
             notes=[f"Scenarios (prompt:generated): {', '.join(s.label for s in grid)}. Prefill of exactly P tokens, "
                    "then N decode steps on the same cache; greedy, EOS ignored. Φ is against the probe's measured "
                    "roof; the catalogue roof is this host's catalogue entry."])
         write_text(out / "report.html", report.render())
-    console.print(f"results in {escape(str(out))}/: report.html, bench.json, bench.csv, probe.json, analyze.json, "
+    console.print(f"results in {escape(str(out))}/: report.html, bench.json, bench.csv, quality.json, probe.json, analyze.json, "
                   "roofline*.png/.svg, depth_layers.png/.svg, threads_threads.png/.svg", highlight=False)
 
 

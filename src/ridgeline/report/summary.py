@@ -27,9 +27,10 @@ def _pct(x: float) -> str:
 
 
 def summary_report(title: str, probe: dict | None, predictions: Sequence[dict], results: Sequence[dict],
-                   plots: Sequence[tuple[Path, str]], notes: Sequence[str] = ()) -> Report:
+                   plots: Sequence[tuple[Path, str]], notes: Sequence[str] = (),
+                   quality: Sequence[dict] = ()) -> Report:
     """Build the page: `probe` (ProbeResult JSON), analytic `predictions` (analyze JSON), bench `results`,
-    and (svg, caption) plots."""
+    (svg, caption) plots, and evaluation records for the quality table."""
     rep = Report(title)
     for n in notes:
         rep.para(n, "note")
@@ -98,6 +99,16 @@ def summary_report(title: str, probe: dict | None, predictions: Sequence[dict], 
                  f"warm-up {r0['warmup_s']:.1f} s for the first run; machine {r0['machine']['cpu']}, "
                  f"torch {r0['machine']['versions'].get('torch')}, "
                  f"llama-cpp-python {r0['machine']['versions'].get('llama_cpp_python')}", "note")
+    if quality:
+        from ridgeline.report.quality import quality_columns, quality_rows
+
+        rep.heading("Quality (per variant)")
+        rows = quality_rows(quality)
+        cols = [Column("variant", "variant", left=True)] + [
+            Column(header, key, lambda v, f=f: format(v, f)) for key, header, f in quality_columns(rows)]
+        ppl = next((r for r in rows if "ppl" in r), None)
+        rep.table(rows, cols, caption=(f"perplexity over {ppl['ppl_tokens']} held-out tokens, context "
+                                       f"{ppl['ppl_context']}, stride {ppl['ppl_stride']}" if ppl else ""))
     for svg, caption in plots:
         rep.figure(svg, caption)
     return rep
