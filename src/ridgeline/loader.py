@@ -182,6 +182,11 @@ def predicted_weight_bytes(source: ModelSource, dtype: Any) -> float | None:
 
     if source.kind == "hub":
         return None
+    from ridgeline.quant.save import is_quantized_folder, read_manifest
+
+    if source.kind == "folder" and is_quantized_folder(source.location):
+        manifest = read_manifest(source.location)
+        return float(manifest["quantized_bytes"] + manifest["float_params"] * torch_dtype(dtype).itemsize)
     spec = load_spec(source.location)
     fmt = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[str(torch_dtype(dtype)).removeprefix("torch.")]
     f = get_format(fmt)
@@ -220,6 +225,8 @@ def load_model(name_or_path: str | os.PathLike, dtype: Any = "fp32", layers: int
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ridgeline.quant.save import is_quantized_folder, load_quantized
+
     source = resolve(name_or_path)
     td = torch_dtype(dtype)
     check_fits(predicted_weight_bytes(source, td), f"model {source.name} in {str(td).removeprefix('torch.')}",
@@ -227,7 +234,10 @@ def load_model(name_or_path: str | os.PathLike, dtype: Any = "fp32", layers: int
     folder = local_folder(source)
     try:
         with _quiet_transformers():
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=td)
+            if source.kind == "folder" and is_quantized_folder(folder):
+                model = load_quantized(folder, td)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(folder, dtype=td)
             tokenizer = AutoTokenizer.from_pretrained(folder)
     except OSError as exc:
         raise RidgelineError(f"cannot load model {name_or_path!r}: {' '.join(str(exc).split())[:200]}") from None

@@ -116,3 +116,32 @@ def probe_table(result) -> Table:
         t.add_row(f"GEMV {d}", si(s.median, "B/s"), si(s.min, "B/s"), si(s.max, "B/s"), f"{s.spread:.0%}",
                   "batch-1 F.linear, weight bytes/s (decode's kernel)")
     return t
+
+
+def quant_table(manifest: dict, float_bytes_before: float, path: str | None = None) -> Table:
+    """What `quantize_` did: method, formats, kernels (or emulated), bytes before/after, time."""
+    cfg = manifest["config"]
+    t = Table(title=f"quantized with {cfg['method']}" + (f" → {path}" if path else ""))
+    t.add_column("")
+    t.add_column("value", justify="right")
+    after = manifest["quantized_bytes"] + manifest["float_bytes"]
+    kernels = ", ".join(f"{k} ×{n}" for k, n in sorted(manifest["kernels"].items()))
+    rows = [
+        ("config", ", ".join(f"{k}={v}" for k, v in cfg.items() if k not in ("method", "calibration"))),
+        ("formats", ", ".join(f"{k} ×{n}" for k, n in sorted(manifest["formats"].items()))),
+        ("kernels", kernels + ("  [EMULATED: dequantize + matmul]" if manifest["emulated"] else "")),
+        ("quantized weights", f"{manifest['quantized_params']:,} params, {si(manifest['quantized_bytes'], 'B')}"
+                              f" ({manifest['bits_per_quantized_weight']:.3f} bits/weight)"),
+        ("float parameters left", f"{manifest['float_params']:,} params, {si(manifest['float_bytes'], 'B')}"),
+        ("model bytes", f"{si(float_bytes_before, 'B')} → {si(after, 'B')} ({float_bytes_before / after:.2f}× smaller)"),
+        ("time", seconds(manifest["seconds"])),
+    ]
+    if "calibration" in cfg:
+        c = cfg["calibration"]
+        rows.insert(1, ("calibration", f"{c['source']}: {c['n_samples']} × {c['seq_len']} tokens, seed {c['seed']}"))
+    if "smoothquant" in manifest:
+        sq = manifest["smoothquant"]
+        rows.insert(2, ("alpha", f"{sq['alpha']}" + (" (searched)" if sq["searched"] else "")))
+    for name, value in rows:
+        t.add_row(name, value)
+    return t

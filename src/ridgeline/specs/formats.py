@@ -47,8 +47,8 @@ class NumberFormat:
         return self.bits
 
     def check_row(self, row: int, what: str = "tensor") -> None:
-        """Raise if a row of `row` elements cannot be stored in this format."""
-        if self.block > 1 and row % self.block:
+        """Raise if a row of `row` elements cannot be stored in this format (int groups may end short)."""
+        if self.block > 1 and row % self.block and self.family != "int":
             raise RidgelineError(
                 f"{what}: row length {row} is not a multiple of the {self.name} block size {self.block}"
             )
@@ -61,10 +61,15 @@ class NumberFormat:
         rows = math.prod(shape[:-1])
         if self.block == 0:
             return rows * (math.ceil(row * self.element_bits / 8) + self.row_overhead_bytes)
+        if self.family == "int":
+            # integer groups: the last group of a row may be shorter (still one scale/zero of its own)
+            return rows * (math.ceil(row * self.element_bits / 8)
+                           + math.ceil(row / self.block) * int(self.block_bytes - self.block * self.element_bits / 8))
         self.check_row(row, what)
         if self.block == 1:
             return int(rows * row * self.block_bytes)
-        return int(rows * (row // self.block) * self.block_bytes)
+        # blocks of a fractional byte count (e.g. bfp4m4: 28 bits) pack as one bit stream, rounded up at the end
+        return math.ceil(rows * (row // self.block) * self.block_bytes)
 
     def elements_bytes(self, n: float) -> float:
         """Bytes of `n` elements as a continuous stream (activations, KV), block overhead amortized."""
