@@ -254,8 +254,14 @@ def load_runner(cfg: BenchConfig, max_len: int) -> Loaded:
                 if cfg.impl == "lean":
                     raise
         src = model.ridgeline_source
+        model_config = model.config.to_dict()
+        from ridgeline.quant.api import bench_info
+
+        quant = bench_info(model)
+        if quant:
+            model_config["ridgeline_quant"] = quant
         return Loaded(runner or HFRunner(model), lambda text: tok(text, add_special_tokens=False).input_ids,
-                      src.name, src.location, str(src.gguf) if src.gguf else None, model.config.to_dict(),
+                      src.name, src.location, str(src.gguf) if src.gguf else None, model_config,
                       time.perf_counter() - t0, lambda: None, max_len)
     src = _source(cfg)
     if cfg.layers is not None:

@@ -92,6 +92,21 @@ def _fused(parts: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
+def _fuse(modules: list[nn.Module]) -> nn.Module:
+    """One module computing the concatenated outputs of `modules`: nn.Linear weights (and biases) are fused
+    copies (a lone module is shared, not copied); quantized modules are concatenated by their own `cat`."""
+    from ridgeline.quant.linear import QuantLinear
+
+    if isinstance(modules[0], QuantLinear):
+        return modules[0] if len(modules) == 1 else type(modules[0]).cat(modules)
+    if not all(type(m) is nn.Linear for m in modules):
+        raise RidgelineError(f"lean decode cannot fuse {', '.join(type(m).__name__ for m in modules)}")
+    if len(modules) == 1:
+        return _linear(modules[0].weight, modules[0].bias)
+    bias = _fused([m.bias for m in modules]) if modules[0].bias is not None else None
+    return _linear(_fused([m.weight for m in modules]), bias)
+
+
 def _check_supported(model: PreTrainedModel, max_len: int) -> None:
     """Raise RidgelineError naming the first feature of `model` this path does not reproduce exactly."""
     config = getattr(model, "config", None)
@@ -148,14 +163,10 @@ class LeanLayer(nn.Module):
         """Take (or, for the fused projections, concatenate) the weights of a transformers decoder layer."""
         super().__init__()
         attn, mlp = hf_layer.self_attn, hf_layer.mlp
-        projections = (attn.q_proj, attn.k_proj, attn.v_proj)
-        bias = None
-        if attn.q_proj.bias is not None:
-            bias = _fused([p.bias for p in projections])
-        self.wqkv = _linear(_fused([p.weight for p in projections]), bias)
-        self.wo = _linear(attn.o_proj.weight)
-        self.w13 = _linear(_fused([mlp.gate_proj.weight, mlp.up_proj.weight]))
-        self.w2 = _linear(mlp.down_proj.weight)
+        self.wqkv = _fuse([attn.q_proj, attn.k_proj, attn.v_proj])
+        self.wo = _fuse([attn.o_proj])
+        self.w13 = _fuse([mlp.gate_proj, mlp.up_proj])
+        self.w2 = _fuse([mlp.down_proj])
         self.attn_norm = hf_layer.input_layernorm.weight
         self.ffn_norm = hf_layer.post_attention_layernorm.weight
 
@@ -181,7 +192,7 @@ class LeanCausalLM(nn.Module):
         self.hidden_size = embed.shape[1]
         self.embed = embed
         self.norm = inner.norm.weight
-        self.lm_head = _linear(model.lm_head.weight, getattr(model.lm_head, "bias", None))
+        self.lm_head = _fuse([model.lm_head])
         self.layers = nn.ModuleList(LeanLayer(layer) for layer in inner.layers)
         for layer in inner.layers:
             if float(layer.input_layernorm.variance_epsilon) != self.eps \

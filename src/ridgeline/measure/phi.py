@@ -88,6 +88,9 @@ def record_precision(record: BenchRecord) -> Precision:
     f16 KV, and the int8 roof for quantized weights (its CPU kernels use integer dot products)."""
     if record.config.backend == "torch":
         d = record.config.dtype
+        quant = record.model_config.get("ridgeline_quant")
+        if quant:  # quantized: stored formats per tensor; W8A8 (_int_mm) computes on the int8 roof
+            return Precision("stored", d, d, compute="int8" if "_int_mm" in quant["kernels"] else d)
         return Precision(d, d, d)
     from ridgeline.specs.gguf_model import spec_from_gguf
 
@@ -100,7 +103,8 @@ def record_precision(record: BenchRecord) -> Precision:
 def weights_label(record: BenchRecord) -> str:
     """The weights' format as run: the torch dtype, or the GGUF type holding most bytes (e.g. Q4_1)."""
     if record.config.backend == "torch":
-        return record.config.dtype
+        quant = record.model_config.get("ridgeline_quant")
+        return quant["label"] if quant else record.config.dtype
     from collections import Counter
 
     from ridgeline.specs.gguf_model import spec_from_gguf
@@ -114,10 +118,13 @@ def weights_label(record: BenchRecord) -> str:
 def record_workload(record: BenchRecord, options: Options | None = None) -> Workload:
     """The Workload of exactly the scenario that ran, on the model that ran (its layers, its formats)."""
     from ridgeline.specs.gguf_model import spec_from_gguf
-    from ridgeline.specs.model import spec_from_config
+    from ridgeline.specs.model import spec_from_config, with_stored_formats
 
     if record.config.backend == "torch":
         spec = spec_from_config(record.model_config, record.model_name, record.model_source)
+        quant = record.model_config.get("ridgeline_quant")
+        if quant:
+            spec = with_stored_formats(spec, quant["tensor_formats"], record.config.dtype)
     else:
         spec = spec_from_gguf(record.gguf)
     return build_workload(spec, record.config.scenario, record_precision(record), options)

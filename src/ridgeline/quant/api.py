@@ -182,6 +182,8 @@ def quantize_(model: nn.Module, config: Config, *, tokenizer: Any = None,
     else:
         raise RidgelineError(f"unknown quantization config {type(config).__name__}")
     manifest.update(_summary(model, new))
+    for name, kind in manifest.get("float_tensors", {}).items():  # gguf: tensors llama.cpp would quantize too
+        manifest["tensor_formats"][name] = kind.split()[0]
     manifest["seconds"] = time.perf_counter() - start
     model.ridgeline_quant = manifest
     return manifest
@@ -203,7 +205,16 @@ def _summary(model: nn.Module, new: dict[str, QuantLinear]) -> dict[str, Any]:
             float_bytes += p.numel() * p.element_size()
             float_params += p.numel()
     emulated = sorted({m.weight_format for m in new.values() if m.emulated})
+    from ridgeline.quant.gguf_names import gguf_name
+
+    tensor_formats = {}
+    for fqn, m in new.items():
+        try:
+            tensor_formats[gguf_name(fqn)] = m.weight_format
+        except RidgelineError:  # not a llama-family name: analyze then falls back to the float format
+            pass
     return {
+        "tensor_formats": tensor_formats,
         "modules": {fqn: m.spec() for fqn, m in new.items()},
         "formats": dict(Counter(m.weight_format for m in new.values())),
         "kernels": dict(Counter(m.kernel for m in new.values())),
@@ -229,3 +240,13 @@ def precision_label(model: nn.Module) -> str:
     if manifest["emulated"] and kernels:
         tag = f"{kernels} + emulated"
     return f"{manifest['config']['method']} {formats} ({tag})"
+
+
+def bench_info(model: nn.Module) -> dict[str, Any] | None:
+    """What a measured run needs to know of a quantized model: label, per-tensor formats, kernels."""
+    manifest = getattr(model, "ridgeline_quant", None)
+    if not manifest:
+        return None
+    return {"label": precision_label(model), "method": manifest["config"]["method"],
+            "tensor_formats": manifest.get("tensor_formats", {}), "kernels": manifest["kernels"],
+            "emulated": manifest["emulated"]}

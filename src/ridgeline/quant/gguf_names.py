@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import re
-
-from torch import nn
+from typing import Any
 
 from ridgeline.errors import RidgelineError
 from ridgeline.specs.recipes import RecipeContext
@@ -33,7 +32,7 @@ def gguf_name(fqn: str) -> str:
     raise RidgelineError(f"no GGUF tensor name for {fqn!r} (llama-family layouts only)")
 
 
-def recipe_context(model: nn.Module) -> RecipeContext:
+def recipe_context(model: Any) -> RecipeContext:
     """The facts llama.cpp's recipe rules read (layer count, GQA ratio, tied output) of a transformers model."""
     cfg = model.config
     head, embed = model.get_output_embeddings(), model.get_input_embeddings()

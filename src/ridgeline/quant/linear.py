@@ -80,9 +80,11 @@ class QuantLinear(nn.Module):
         if getattr(first, "g_idx", None) is not None:
             raise RidgelineError("cannot fuse act-order weights with per-column groups (g_idx); "
                                  "quantize with static groups to fuse")
+        def key(m: QuantLinear) -> dict:  # everything but the row count must agree
+            return {k: v for k, v in m.spec().items() if k not in ("out_features", "buffers")}
+
         for m in modules[1:]:
-            if type(m) is not type(first) or {k: v for k, v in m.spec().items() if k != "out_features"} != \
-                    {k: v for k, v in first.spec().items() if k != "out_features"}:
+            if type(m) is not type(first) or key(m) != key(first):
                 raise RidgelineError(f"cannot fuse {first.weight_format} with {m.weight_format} "
                                      f"({type(first).__name__} / {type(m).__name__})")
         spec = dict(first.spec(), out_features=sum(m.out_features for m in modules))

@@ -433,12 +433,31 @@ def _magic(path: Path) -> bytes:
         raise RidgelineError(f"cannot read {path}: {exc.strerror}") from None
 
 
+def with_stored_formats(spec: ModelSpec, tensor_formats: dict[str, str], default: str) -> ModelSpec:
+    """The spec with a stored-tensor table: tensors named in `tensor_formats` (GGUF names) in that format,
+    other 2-D tensors in `default`, 1-D tensors in fp32 (what `--weights stored` then prices)."""
+    from ridgeline.specs.formats import get_format
+
+    table = []
+    for t in spec.tensors():
+        fmt = tensor_formats.get(t.name, default if len(t.shape) >= 2 else "fp32")
+        table.append(replace(t, ggml_type=fmt, nbytes=get_format(fmt).tensor_bytes(t.shape, t.name)))
+    return replace(spec, gguf_tensors=tuple(table))
+
+
 def load_spec(model: str) -> ModelSpec:
-    """Resolve `model`: a config.json, a model folder, a .gguf file, or a catalogue id."""
+    """Resolve `model`: a config.json, a model folder (ridgeline-quantized ones with their stored formats),
+    a .gguf file, or a catalogue id."""
     path = Path(model).expanduser()
     if path.is_dir():
         if (path / "config.json").is_file():
-            return spec_from_config(load_config_file(path / "config.json"), path.name, str(path))
+            spec = spec_from_config(load_config_file(path / "config.json"), path.name, str(path))
+            manifest = path / "ridgeline_quant.json"
+            if manifest.is_file():
+                data = json.loads(manifest.read_text())
+                dtype = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(data.get("float_dtype"), "fp32")
+                spec = with_stored_formats(spec, data.get("tensor_formats", {}), dtype)
+            return spec
         ggufs = sorted(path.glob("*.gguf"))
         if ggufs:
             return load_spec(str(ggufs[0]))
