@@ -15,7 +15,7 @@ from ridgeline.errors import RidgelineError
 from ridgeline.quant import (BFPConfig, GGUFConfig, GPTQConfig, LLMInt8Config, RTNConfig, SmoothQuantConfig,
                              load_quantized, make_config, precision_label, quantize_, save_quantized)
 from ridgeline.quant.intq import rtn
-from ridgeline.quant.linear import EmulatedLinear, Int4Linear, Int8Linear, W8A8Linear, from_int_quant
+from ridgeline.quant.linear import EmulatedLinear, Int4Linear, W8A8Linear, from_int_quant
 from ridgeline.specs.formats import get_format
 
 
@@ -282,3 +282,43 @@ def test_bundled_int4_lean_matches_generate(tmp_path):
     assert torch.equal(again(ids).logits, model(ids).logits)
     ref = model.generate(ids, do_sample=False, max_new_tokens=16, min_new_tokens=16)[0, ids.shape[1]:].tolist()
     assert greedy(LeanCausalLM.from_hf(again, 64), ids, 16) == ref
+
+
+def test_gguf_recipe_applies_the_exact_codecs():
+    from ridgeline.quant.ggml import quantize_dequantize
+    from ridgeline.quant.gguf_names import gguf_name, recipe_context
+    from ridgeline.specs.recipes import tensor_type
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=8, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=320, tie_word_embeddings=True)
+    m = LlamaForCausalLM(cfg).eval()
+    originals = {n: mod.weight.detach().clone() for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear)}
+    embed = m.model.embed_tokens.weight.detach().clone()
+    ctx = recipe_context(m)
+    manifest = quantize_(m, GGUFConfig("q4_k_m"))
+    assert manifest["emulated"]
+    assert set(manifest["formats"]) == {"q4_k", "q6_k"}  # rows of 256 and 512: no fallbacks
+    for fqn, spec in manifest["modules"].items():
+        want = tensor_type("q4_k_m", gguf_name(fqn), tuple(originals[fqn].shape), ctx)
+        assert spec["fmt"] == want
+        assert torch.equal(m.get_submodule(fqn).dequantize(), quantize_dequantize(originals[fqn], want))
+    # tied embeddings: token_embd is llama.cpp's output tensor too, Q6_K in Q4_K_M, and both uses read it
+    assert manifest["tensor_formats"]["token_embd.weight"] == "q6_k"
+    assert torch.equal(m.model.embed_tokens.weight, quantize_dequantize(embed, "q6_k"))
+    assert m.lm_head.weight is m.model.embed_tokens.weight
+
+
+@needs_bundled
+def test_cli_export_gguf_bundled(tmp_path):
+    from typer.testing import CliRunner
+
+    from ridgeline.cli import app
+
+    out = tmp_path / "m.gguf"
+    res = CliRunner().invoke(app, ["export-gguf", "smollm2-135m", "--type", "q8_0", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    record = json.loads(res.output)
+    assert record["type_counts"] == {"q8_0": 211, "f32": 61} and out.stat().st_size == record["bytes"]
+    res = CliRunner().invoke(app, ["export-gguf", "smollm2-135m", "--type", "q3_k_xl", "--out", str(out)])
+    assert res.exit_code == 2 and "unknown GGUF export type" in res.output

@@ -747,6 +747,39 @@ def quantize(
         console.print(quant_table(manifest, before, str(out)))
 
 
+@app.command("export-gguf")
+@_cli
+def export_gguf(
+    model: str = typer.Argument(..., help="float model to export: the bundled model (smollm2-135m), .gguf, folder or hub id"),
+    type_: str = typer.Option("f16", "--type", help="f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k"),
+    out: Path = typer.Option(..., "--out", "-o", help="the .gguf file to write (temporary file, renamed into place)"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+) -> None:
+    """Write a GGUF llama.cpp loads (llama, mistral, qwen2), quantized with ridgeline's bit-exact ggml codecs."""
+    from ridgeline.loader import load_model, resolve
+    from ridgeline.quant.export import export_gguf as run_export
+    from ridgeline.report.tables import si
+
+    source = resolve(model)
+    loaded, tokenizer = load_model(model, dtype="fp32")
+    with _progress(f"export {type_}") as report:
+        with _writing(out):
+            result = run_export(loaded, tokenizer, out, type_, source_gguf=source.gguf,
+                                progress=lambda d, t: report("tensors", d, t))
+    if as_json:
+        console.print_json(_dumps(result.to_json()))
+        return
+    t = Table(title=f"{result.path} ({result.type})")
+    t.add_column("ggml type")
+    t.add_column("tensors", justify="right")
+    t.add_column("bytes", justify="right")
+    for kind, count in sorted(result.type_counts.items()):
+        t.add_row(kind, str(count), si(result.type_bytes[kind], "B"))
+    t.add_row("total (file)", str(result.tensors), si(result.bytes, "B"))
+    console.print(t)
+    console.print(f"{result.bits_per_weight:.3f} bits per weight, {result.seconds:.1f} s")
+
+
 #: the demo's reduced RooflineBench grid: short in/short out, longer in, longer out (few minutes on 2 cores)
 DEMO_GRID = ("128:64", "512:64", "128:256")
 

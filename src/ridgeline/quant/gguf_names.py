@@ -32,11 +32,12 @@ def gguf_name(fqn: str) -> str:
     raise RidgelineError(f"no GGUF tensor name for {fqn!r} (llama-family layouts only)")
 
 
-def recipe_context(model: Any) -> RecipeContext:
+def recipe_context(model: Any, arch: str = "llama") -> RecipeContext:
     """The facts llama.cpp's recipe rules read (layer count, GQA ratio, tied output) of a transformers model."""
     cfg = model.config
     head, embed = model.get_output_embeddings(), model.get_input_embeddings()
-    tied = head is not None and head.weight is embed.weight
+    tied = head is None or getattr(head, "weight", None) is embed.weight
     heads = cfg.num_attention_heads
-    return RecipeContext(n_layers=cfg.num_hidden_layers, n_gqa=heads // (getattr(cfg, "num_key_value_heads", None) or heads),
-                         has_output=not tied, arch="llama")
+    kv = getattr(cfg, "num_key_value_heads", None) or heads
+    return RecipeContext(n_layers=cfg.num_hidden_layers, n_gqa=max(1, heads // max(1, kv)), has_output=not tied,
+                         arch=arch)
