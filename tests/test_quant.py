@@ -322,3 +322,21 @@ def test_cli_export_gguf_bundled(tmp_path):
     assert record["type_counts"] == {"q8_0": 211, "f32": 61} and out.stat().st_size == record["bytes"]
     res = CliRunner().invoke(app, ["export-gguf", "smollm2-135m", "--type", "q3_k_xl", "--out", str(out)])
     assert res.exit_code == 2 and "unknown GGUF export type" in res.output
+
+
+def test_eval_of_a_quantized_folder_labels_the_precision(tmp_path, tiny_model_dir):
+    from ridgeline.eval.run import EvalConfig, run_eval
+    from ridgeline.loader import load_model
+    from ridgeline.measure.bench import prompt_text
+
+    model, tok = load_model(str(tiny_model_dir))
+    n_params = sum(p.numel() for p in model.parameters())
+    quantize_(model, RTNConfig(bits=3, group=32))
+    save_quantized(model, tok, tmp_path / "q3")
+    text = tmp_path / "text.txt"
+    text.write_text(prompt_text())
+    record = run_eval(EvalConfig(str(tmp_path / "q3"), ("ppl",), corpus=str(text), context=64, stride=64,
+                                 max_tokens=256))
+    assert record["model"]["weights"] == "rtn int3_g32_asym (emulated)"
+    assert record["model"]["params"] == n_params  # quantized weights are buffers, still counted
+    assert record["tasks"]["ppl"]["token_perplexity"] > 1

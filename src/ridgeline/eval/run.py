@@ -77,17 +77,26 @@ def _corpus_text(cfg: EvalConfig) -> tuple[str, dict]:
     return corpus.text, info
 
 
+def _params(model: Any) -> int:
+    """Parameters of the model, the quantized weights (buffers, not nn.Parameters) included."""
+    quant = getattr(model, "ridgeline_quant", None)
+    if quant:
+        return int(quant["quantized_params"] + quant["float_params"])
+    return sum(p.numel() for p in model.parameters())
+
+
 def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, progress: Progress | None = None) -> dict:
     """Evaluate `cfg.tasks` on the model (loaded from `cfg.model` unless given) and return the record."""
     from ridgeline.loader import load_model
     from ridgeline.measure.stats import machine_info
+    from ridgeline.quant.api import precision_label
 
     t_load = time.perf_counter()
     if model is None:
         model, tokenizer = load_model(cfg.model, cfg.dtype)
     load_s = time.perf_counter() - t_load
     out: dict[str, Any] = {"kind": "ridgeline.eval", "variant": cfg.label, "config": _config_json(cfg),
-                           "model": {"name": cfg.model, "params": sum(p.numel() for p in model.parameters()),
+                           "model": {"name": cfg.model, "params": _params(model), "weights": precision_label(model),
                                      "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")},
                            "load_s": load_s, "tasks": {}, "machine": machine_info()}
     text = None

@@ -17,7 +17,7 @@ def quality_rows(records: Sequence[dict]) -> list[dict[str, Any]]:
     rows = []
     for r in records:
         row: dict[str, Any] = {"variant": r["variant"], "model": r["model"]["name"], "dtype": r["model"]["dtype"],
-                               "params": r["model"]["params"]}
+                               "weights": r["model"].get("weights", r["model"]["dtype"]), "params": r["model"]["params"]}
         for name, t in r["tasks"].items():
             if name == "ppl":
                 settings = t.get("settings", {})
@@ -52,11 +52,13 @@ def quality_table(rows: Sequence[dict], title: str = "quality") -> Table:
     """The rich table: one row per variant, every metric it was evaluated on."""
     t = Table(title=title, title_justify="left")
     t.add_column("variant", justify="left", no_wrap=True)
+    t.add_column("weights", justify="left")
     cols = quality_columns(rows)
     for _, header, _ in cols:
         t.add_column(header, justify="right")
     for r in rows:
-        t.add_row(r["variant"], *(format(r[k], f) if r.get(k) is not None else "-" for k, _, f in cols))
+        t.add_row(r["variant"], r.get("weights", "-"),
+                  *(format(r[k], f) if r.get(k) is not None else "-" for k, _, f in cols))
     ppl = next((r for r in rows if "ppl" in r), None)
     if ppl:
         t.caption = (f"perplexity over {ppl['ppl_tokens']} tokens, context {ppl['ppl_context']}, stride "
