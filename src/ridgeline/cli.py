@@ -718,8 +718,8 @@ def quantize(
     lm_head: bool = typer.Option(False, "--lm-head", help="quantize lm_head too (an untied copy when embeddings are tied)"),
     kernel: bool = typer.Option(True, "--kernel/--emulate", help="run through the CPU int8/int4 kernels where the format has one"),
     calib: str = typer.Option("corpus", "--calib", help="calibration text: 'corpus' (offline calib split) or a text file"),
-    calib_samples: int = typer.Option(64, "--calib-samples", help="calibration windows"),
-    calib_seq: int = typer.Option(512, "--calib-seq", help="tokens per calibration window"),
+    calib_samples: int = typer.Option(128, "--calib-samples", help="calibration windows"),
+    calib_seq: int = typer.Option(256, "--calib-seq", help="tokens per calibration window"),
     dtype: str = typer.Option("fp32", "--dtype", help="float dtype of the parameters left unquantized (fp32, bf16)"),
     as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
 ) -> None:
@@ -794,12 +794,18 @@ def demo(
     thread_list: Optional[str] = typer.Option(None, "--threads", help="thread sweep (default: 1 and torch's default)"),
     llamacpp: bool = typer.Option(True, "--llamacpp/--no-llamacpp", help="include the llama.cpp backend"),
 ) -> None:
-    """The main job on the bundled model: probe → analyze → bench (torch fp32/bf16, llama.cpp) → quality → HTML."""
+    """The main job on the bundled model: probe → analyze → bench (torch fp32/bf16, llama.cpp) → int8/int4 quantization
+    → quality → HTML."""
     import torch
+
+    import shutil
+    import tempfile
 
     from ridgeline.eval.run import EvalConfig, run_eval
     from ridgeline.io import write_json, write_text
-    from ridgeline.loader import bundled_gguf
+    from ridgeline.loader import bundled_gguf, load_model
+    from ridgeline.quant import make_config, quantize_, save_quantized
+    from ridgeline.report.tables import quant_table
     from ridgeline.measure.backends import llama_cpp_available
     from ridgeline.report.measured import bench_table, flat_rows
     from ridgeline.report.plot import device_roofs, plot_roofline, prediction_points
@@ -863,16 +869,36 @@ def demo(
     console.print(bench_table(depth, "depth sweep (first k layers)"))
     console.print(bench_table(thread, "thread sweep"))
 
-    console.rule("4. quality: held-out perplexity and cloze per variant")
+    console.rule("4. quantize: int8 and int4 weight-only (lm_head too) on the CPU kernels, measured like the rest")
+    quant_dir = Path(tempfile.mkdtemp(prefix="ridgeline-demo-"))
+    variants = {"rtn-w8": make_config("rtn", bits=8, include_lm_head=True),
+                "rtn-w4-g128": make_config("rtn", bits=4, group=128, include_lm_head=True)}
+    quantized = []
+    for name, qcfg in variants.items():
+        model, tok = load_model("smollm2-135m", "fp32")
+        before = float(sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values()))
+        manifest = quantize_(model, qcfg)
+        save_quantized(model, tok, quant_dir / name)
+        del model
+        console.print(quant_table(manifest, before, name))
+        quantized += _run_bench_grid(_bench_grid(str(quant_dir / name), ["torch"], grid[:1], ["bf16"], [None], [None],
+                                                 repeats, 1, "auto", None), "local", "auto", None, name)
+    console.print(bench_table(quantized, f"quantized, torch bf16 activations, {grid[0].label}"))
+
+    console.rule("5. quality: held-out perplexity and cloze per variant")
     quality = []
     with _progress("eval") as report:
-        for d in ("fp32", "bf16"):
-            cfg = EvalConfig("smollm2-135m", ("ppl", "cloze"), dtype=d, context=512, stride=256, max_tokens=4096,
-                             cloze_items=50, batch_size=4)
-            quality.append(run_eval(cfg, progress=lambda what, i, n, d=d: report(f"{d} {what}", i, n)))
+        evals = [("smollm2-135m", d, "") for d in ("fp32", "bf16")] + \
+                [(str(quant_dir / name), "bf16", name) for name in variants]
+        for model_name, d, variant in evals:
+            cfg = EvalConfig(model_name, ("ppl", "cloze"), dtype=d, variant=variant, context=512, stride=256,
+                             max_tokens=4096, cloze_items=50, batch_size=4)
+            quality.append(run_eval(cfg, progress=lambda what, i, n, v=cfg.label: report(f"{v} {what}", i, n)))
+    shutil.rmtree(quant_dir, ignore_errors=True)
     console.print(quality_table(quality_rows(quality)))
+    results = results + quantized
 
-    console.rule("5. results")
+    console.rule("6. results")
     with _writing(out):
         payload = {"kind": "ridgeline.bench.results", "results": results, "depth_sweep": depth, "thread_sweep": thread}
         write_json(out / "bench.json", _finite(payload))

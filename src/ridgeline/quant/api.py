@@ -116,7 +116,7 @@ def _gguf(model: nn.Module, config: GGUFConfig, progress: Progress | None,
         w = _weight(m, fqn)
         ggml_type = tensor_type(config.recipe, gguf_name(fqn), tuple(w.shape), ctx)
         if ggml_type in ("f32", "f16", "bf16"):
-            floats[fqn] = ggml_type
+            floats[gguf_name(fqn)] = ggml_type
             if ggml_type != "f32":
                 m.weight.data = decode(encode(w, ggml_type), ggml_type, w.shape).to(m.weight.dtype)
         else:
@@ -140,7 +140,7 @@ def _gguf(model: nn.Module, config: GGUFConfig, progress: Progress | None,
             ggml_type = tensor_type(config.recipe, name, tuple(w.shape), ctx)
             if ggml_type != "f32":
                 mod.weight.data = decode(encode(w, ggml_type), ggml_type, w.shape).to(mod.weight.dtype)
-            floats[name] = f"{ggml_type} (stored dequantized)"
+            floats[name] = ggml_type + (" (stored dequantized)" if ggml_type != "f32" else "")
     manifest["float_tensors"] = floats
     return new
 

@@ -29,8 +29,8 @@ class CalibrationConfig:
     """Where calibration text comes from and how much of it: `source` "corpus" or a text file path."""
 
     source: str = "corpus"
-    n_samples: int = 64
-    seq_len: int = 512
+    n_samples: int = 128
+    seq_len: int = 256
     seed: int = 0
 
     def __post_init__(self) -> None:
