@@ -340,3 +340,12 @@ def test_eval_of_a_quantized_folder_labels_the_precision(tmp_path, tiny_model_di
     assert record["model"]["weights"] == "rtn int3_g32_asym (emulated)"
     assert record["model"]["params"] == n_params  # quantized weights are buffers, still counted
     assert record["tasks"]["ppl"]["token_perplexity"] > 1
+
+
+def test_bench_rows_name_the_quantized_precision():
+    from ridgeline.report.measured import run_label
+
+    r = {"params": {"backend": "torch", "dtype": "bf16"}, "impl": "lean"}
+    assert run_label(dict(r, weights="bf16")) == "torch bf16"
+    assert run_label(dict(r, weights="rtn int8_pc (_weight_int8pack_mm)")) == \
+        "torch bf16 · rtn int8_pc (_weight_int8pack_mm)"

@@ -14,11 +14,14 @@ from ridgeline.report.plot import Point, Roof
 
 
 def run_label(r: dict) -> str:
-    """'torch bf16', 'torch-hf fp32' or 'llama.cpp Q4_1'-style label of a result's backend and dtype."""
+    """'torch bf16', 'torch-hf fp32', 'torch bf16 · rtn int8_pc (_weight_int8pack_mm)' or 'llama.cpp Q4_1'."""
     p = r["params"]
     if p["backend"] == "llamacpp":
         return f"llama.cpp {r.get('weights', '').upper()}".strip()
-    return f"torch{'-hf' if r['impl'].startswith('transformers') else ''} {p['dtype']}"
+    weights = r.get("weights", p["dtype"])
+    label = f"torch{'-hf' if r['impl'].startswith('transformers') else ''} {p['dtype']}"
+    # a quantized model: its weight precision (method, format, kernel or "emulated") after the activations' dtype
+    return label if weights == p["dtype"] else f"{label} · {weights}"
 
 
 def _roof(r: dict, role: str) -> dict | None:
