@@ -1,0 +1,1 @@
+"""Generation engines: paged KV cache with continuous batching."""
