@@ -79,3 +79,69 @@ def test_depth_truncation_scales_layer_terms():
     half = build_workload(spec.with_layers(15), Scenario(16, 4), Precision("bf16"))
     assert half.model.n_layers == 15
     assert half.kv_bytes == pytest.approx(full.kv_bytes / 2)
+
+
+# one layer, one KV head of 32 dims: a token's K (or V) row is 32 numbers
+ONE_HEAD = {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 1,
+            "num_key_value_heads": 1, "intermediate_size": 64, "vocab_size": 64}
+FP16_ROW, KIVI2_ROW = 64, 12  # bytes of one row: fp16; KIVI-2 (2-bit codes + fp16 scale and zero per 32)
+
+
+def _op(phase, name):
+    return next(o for o in phase.ops if o.name == name)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_kivi_decode_traffic_by_hand(batch):
+    from ridgeline.specs.model import spec_from_config
+
+    spec = spec_from_config(ONE_HEAD)
+    w = build_workload(spec, Scenario(127, 3, batch), Precision("bf16", "bf16", "kivi2"))
+    pre, dec = w.prefill, w.decode
+    # prefill: 127 tokens, all in the fp16 residual (keys: no chunk of 128 yet; values: the last 128)
+    for name in ("k_proj", "v_proj"):
+        assert _op(pre, name).bytes["kv_write"].tolist() == [batch * 127 * FP16_ROW]
+    assert _op(pre, "qk").bytes["kv_read"].tolist() == [batch * 127 * FP16_ROW]
+    # decode steps read 128, 129, 130 tokens. Keys: the 128th completes a chunk (128 quantized, written
+    # then), later keys join the fp16 tail. Values: the last 128 fp16, older ones quantized as they age out.
+    assert (_op(dec, "qk").bytes["kv_read"] / batch).tolist() == [
+        128 * KIVI2_ROW, 128 * KIVI2_ROW + FP16_ROW, 128 * KIVI2_ROW + 2 * FP16_ROW]
+    assert (_op(dec, "av").bytes["kv_read"] / batch).tolist() == [
+        128 * FP16_ROW, KIVI2_ROW + 128 * FP16_ROW, 2 * KIVI2_ROW + 128 * FP16_ROW]
+    assert (_op(dec, "k_proj").bytes["kv_write"] / batch).tolist() == [128 * KIVI2_ROW, FP16_ROW, FP16_ROW]
+    assert (_op(dec, "v_proj").bytes["kv_write"] / batch).tolist() == [
+        FP16_ROW, FP16_ROW + KIVI2_ROW, FP16_ROW + KIVI2_ROW]
+    kinds = dec.bytes_by_kind()
+    assert kinds["kv_read"] == batch * (3 * 128 * KIVI2_ROW + 3 * FP16_ROW + 3 * 128 * FP16_ROW + 3 * KIVI2_ROW)
+    assert kinds["kv_write"] == batch * (128 * KIVI2_ROW + 2 * FP16_ROW + 3 * FP16_ROW + 2 * KIVI2_ROW)
+    # memory at 130 tokens: keys 128 quantized + 2 fp16, values 2 quantized + 128 fp16
+    assert w.kv_bytes == batch * (130 * KIVI2_ROW + 130 * FP16_ROW)
+    assert w.kv_bytes_per_token == 2 * KIVI2_ROW  # the long-context cost of one more token
+    # attention FLOPs do not depend on the KV format
+    bf16 = build_workload(spec, Scenario(127, 3, batch), Precision("bf16", "bf16", "bf16"))
+    assert dec.flops == bf16.decode.flops and pre.flops == bf16.prefill.flops
+
+
+def test_harmonia_decode_traffic_by_hand():
+    from ridgeline.specs.model import spec_from_config
+
+    spec = spec_from_config(ONE_HEAD)
+    bfp8, bfp4 = 37, 21  # bytes of a row: 32 × (sign + 8 or 4 mantissa bits) + an 8-bit shared exponent
+    w = build_workload(spec, Scenario(159, 2), Precision("bf16", "bf16", "harmonia"))
+    dec = w.decode
+    # step 1 holds 160 tokens, all sinks (32) or recent (128); step 2: token 33 ages out to 4 bits
+    for name in ("k_proj", "v_proj"):
+        assert _op(dec, name).bytes["kv_write"].tolist() == [bfp8, bfp8 + bfp4]
+    assert _op(dec, "qk").bytes["kv_read"].tolist() == [160 * bfp8, 160 * bfp8 + bfp4]
+    assert w.kv_bytes == 2 * (160 * bfp8 + bfp4)
+
+
+def test_kivi_with_a_sliding_window_holds_the_window():
+    from ridgeline.specs.model import spec_from_config
+
+    spec = spec_from_config(ONE_HEAD).with_window(200)  # the cache holds 199 tokens
+    w = build_workload(spec, Scenario(300, 1), Precision("bf16", "bf16", "kivi2"))
+    # 199 held: keys 128 quantized + 71 fp16; values 71 quantized + 128 fp16
+    assert w.kv_bytes == 199 * KIVI2_ROW + 199 * FP16_ROW
+    # the decode step reads 199 cached + 1 new: keys 128 + 72, values 72 + 128
+    assert _op(w.decode, "qk").bytes["kv_read"].tolist() == [128 * KIVI2_ROW + 72 * FP16_ROW]

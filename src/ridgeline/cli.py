@@ -110,8 +110,10 @@ def _options(attention: str, act_traffic: str, logits: str, mla_cache: str, mla_
 
 
 def _predict(model: str, device: str, scenario: str, batch: int, layers: Optional[int], weights: Optional[str],
-             acts: str, kv: Optional[str], compute: Optional[str], device_file: Optional[Path], options):
-    """Load the model and device, build the workload and evaluate it (what analyze and plot share)."""
+             acts: str, kv: Optional[str], compute: Optional[str], device_file: Optional[Path], options,
+             window: Optional[int] = None, kv_heads: Optional[int] = None):
+    """Load the model and device, build the workload and evaluate it (what analyze and plot share);
+    `window` and `kv_heads` override every attention layer's sliding window and KV-head count."""
     from ridgeline.roofline.evaluate import evaluate
     from ridgeline.roofline.workload import build_workload
     from ridgeline.specs.device import get_device
@@ -123,7 +125,19 @@ def _predict(model: str, device: str, scenario: str, batch: int, layers: Optiona
     spec = load_spec(model)
     if layers is not None:
         spec = spec.with_layers(layers)
+    if window is not None:
+        spec = _override("--window", spec.with_window, window)
+    if kv_heads is not None:
+        spec = _override("--kv-heads", spec.with_kv_heads, kv_heads)
     return evaluate(build_workload(spec, sc, _precision(spec, weights, acts, kv, compute), options), dev)
+
+
+def _override(option: str, transform: Callable, value: int):
+    """Apply a ModelSpec transform; its error (which says what is expected) names the option too."""
+    try:
+        return transform(value)
+    except RidgelineError as exc:
+        raise RidgelineError(f"{option}: {exc}") from None
 
 
 # shared option declarations
@@ -131,7 +145,10 @@ _MODEL = typer.Option(..., "--model", "-m", help="config.json, model folder, .gg
 _DEVICE = typer.Option(..., "--device", "-d", help="catalogue id (`ridgeline devices`), 'local' after `ridgeline probe`, or a TOML/JSON device file")
 _WEIGHTS = typer.Option(None, "--weights", "-w", help="weight format or llama.cpp recipe (bf16, q8_0, q4_k_m, int4_g128, mxfp4, bfp32m4, ...); default: as stored for GGUF, else bf16")
 _ACTS = typer.Option("bf16", "--acts", help="activation format (fp32, bf16, fp16, int8, ...)")
-_KV = typer.Option(None, "--kv", help="KV-cache format (bf16, fp16, q8_0, q4_0, ...); default: the activation format")
+_KV = typer.Option(None, "--kv", help="KV-cache format: a number format (bf16, fp16, q8_0, mxint8, bfp32m4, ...), "
+                   "kivi2, kivi4 or kivi{b}_g{G}_r{R} (KIVI: b-bit groups of G, defaults 32 and 128, last R tokens "
+                   "fp16), harmonia or harmonia_s{S}_r{R} (BFP: first S and last R tokens 8-bit mantissa, the rest "
+                   "4-bit; defaults 32 and 128); default: the activation format")
 _COMPUTE = typer.Option(None, "--compute", help="dtype whose peak FLOP/s bounds compute (default: from --acts)")
 _ATTN = typer.Option("fused", "--attention", help="fused (flash-style, scores stay on chip) or unfused (scores written and read)")
 _TRAFFIC = typer.Option("unfused", "--act-traffic", help="activation traffic: unfused (every op, upper bound), block (a·s·(4h+2f) per layer), fused (none)")
@@ -154,6 +171,8 @@ def analyze(
     kv: Optional[str] = _KV,
     compute: Optional[str] = _COMPUTE,
     layers: Optional[int] = typer.Option(None, "--layers", help="model depth N: the first N layers (beyond the model's depth its layers repeat)"),
+    window: Optional[int] = typer.Option(None, "--window", help="sliding window W on every attention layer: W keys per query, the current token included (the cache holds W-1 tokens); bounds KV memory and attention"),
+    kv_heads: Optional[int] = typer.Option(None, "--kv-heads", help="KV heads G on every attention layer (GQA conversion; G must divide the query heads): KV cache and k/v projections scale by G"),
     attention: str = _ATTN,
     act_traffic: str = _TRAFFIC,
     logits: str = _LOGITS,
@@ -171,7 +190,7 @@ def analyze(
     from ridgeline.roofline.evaluate import prediction_json
 
     pred = _predict(model, device, scenario, batch, layers, weights, acts, kv, compute, device_file,
-                    _options(attention, act_traffic, logits, mla_cache, mla_decode, causal))
+                    _options(attention, act_traffic, logits, mla_cache, mla_decode, causal), window, kv_heads)
     record = _finite(prediction_json(pred, per_operator))
     if out:
         with _writing(out):
@@ -291,7 +310,7 @@ def sweep(
     from ridgeline.report.tables import seconds, si
     from ridgeline.roofline.sweep import COLUMNS, SweepAxes, rows_to_csv, run_sweep
     from ridgeline.specs.device import catalogue, get_device
-    from ridgeline.specs.formats import get_format
+    from ridgeline.specs.formats import get_format, get_kv_format
     from ridgeline.specs.model import load_spec
     from ridgeline.specs.recipes import is_recipe
     from ridgeline.specs.scenario import Scenario, parse_scenario
@@ -328,7 +347,7 @@ def sweep(
         if not is_recipe(w):
             get_format(w)
     kv = _kv_default(acts, kv)
-    get_format(kv)
+    get_kv_format(kv)
     axes = SweepAxes(models=specs, devices=devs, scenarios=tuple(scenarios), weights=formats,
                      layers=depths, batches=batches, acts=acts, kv=kv)
     start = time.perf_counter()

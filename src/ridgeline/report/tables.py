@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.table import Table
 
 from ridgeline.roofline.evaluate import Prediction
+from ridgeline.specs.formats import get_kv_format
+from ridgeline.specs.model import ModelSpec
 
 
 def si(x: float, unit: str = "", base: float = 1000.0) -> str:
@@ -28,12 +30,29 @@ def seconds(t: float) -> str:
     return f"{t * 1e6:.3g} µs"
 
 
+def attention_summary(model: ModelSpec) -> str:
+    """Heads and windows of the attention layers, e.g. '9 query / 3 KV heads, window 128 on 10 of 30 layers'."""
+    layers = [l.attention for l in model.layers]
+    heads = sorted({(a.n_heads, a.n_kv_heads) for a in layers if not a.mla})
+    parts = [", ".join(f"{q} query / {kv} KV heads" for q, kv in heads)] if heads else []
+    if any(a.mla for a in layers):
+        parts.append("MLA")
+    windows = sorted({a.window for a in layers if a.window})
+    for w in windows:
+        n = sum(a.window == w for a in layers)
+        parts.append(f"window {w}" + ("" if n == len(layers) else f" on {n} of {len(layers)} layers"))
+    if not windows:
+        parts.append("full attention")
+    return ", ".join(parts)
+
+
 def summary_table(p: Prediction) -> Table:
     """Prefill and decode side by side: FLOPs, bytes by kind, OI, attainable, bound, time, tok/s."""
     w = p.workload
     t = Table(title=f"{w.model.name} on {p.device.name} — {w.scenario.label}"
                     f" (prompt {w.scenario.prompt}, generate {w.scenario.generate}, batch {w.scenario.batch}),"
-                    f" weights {w.precision.weights}, acts {w.precision.acts}, KV {w.precision.kv}")
+                    f" weights {w.precision.weights}, acts {w.precision.acts}, KV {w.precision.kv};"
+                    f" {attention_summary(w.model)}")
     t.add_column("")
     t.add_column("prefill", justify="right")
     t.add_column("decode", justify="right")
@@ -68,7 +87,8 @@ def memory_table(p: Prediction) -> Table:
     t.add_column("part")
     t.add_column("bytes", justify="right")
     t.add_row("weights", si(w.weights_bytes, "B"))
-    t.add_row(f"KV cache at {w.scenario.final_context} tokens × {w.scenario.batch}", si(w.kv_bytes, "B"))
+    kv = get_kv_format(w.precision.kv)
+    t.add_row(f"KV cache ({kv.name}) at {w.scenario.final_context} tokens × {w.scenario.batch}", si(w.kv_bytes, "B"))
     t.add_row("activations (peak, estimate)", si(w.activation_bytes, "B"))
     t.add_row("total", si(p.memory_total, "B"))
     t.add_row(f"{p.device.id} memory", si(p.device.memory_bytes, "B"))

@@ -14,6 +14,7 @@ import numpy as np
 
 from ridgeline.roofline.workload import KINDS, Phase, Workload
 from ridgeline.specs.device import DeviceSpec
+from ridgeline.specs.formats import get_kv_format
 
 
 @dataclass(frozen=True)
@@ -142,12 +143,16 @@ def prediction_json(p: Prediction, per_operator: bool = False) -> dict:
         "model": {"name": m.name, "model_type": m.model_type, "source": m.source,
                   "params": m.param_count(), "params_non_embedding": m.param_count() - m.embedding_params(),
                   "kv_bytes_per_token": w.kv_bytes_per_token, "layers": m.n_layers,
-                  "attention": sorted({l.attention.kind for l in m.layers})},
+                  "attention": sorted({l.attention.kind for l in m.layers}),
+                  "kv_heads": sorted({l.attention.n_kv_heads for l in m.layers if not l.attention.mla}),
+                  # distinct sliding windows, null for full-attention layers (after --window, if given)
+                  "windows": sorted({l.attention.window for l in m.layers}, key=lambda x: (x is None, x or 0))},
         "device": {"name": p.device.id, "full_name": p.device.name, "bandwidth_Bps": p.device.bandwidth_Bps,
                    "peak_flops": dict(p.device.peak_flops), "memory_bytes": p.device.memory_bytes,
                    "provenance": p.device.provenance.kind},
         "scenario": w.scenario.to_json(),
-        "precision": {**w.precision.to_json(), "peak_dtype": p.peak_dtype},
+        "precision": {**w.precision.to_json(), "peak_dtype": p.peak_dtype,
+                      "kv_format": get_kv_format(w.precision.kv).to_json()},
         "options": {k: getattr(w.options, k) for k in ("attention", "activation_traffic", "causal", "logits",
                                                          "mla_cache", "mla_decode")},
         "phases": {},

@@ -5,6 +5,12 @@ each query against its own prefix; KV traffic uses the KV heads; the embedding i
 the rows touched, no FLOPs); a tied embedding is streamed once, as the lm_head. Decode is integrated
 exactly over its steps: step j processes one token per sequence with P + j tokens already cached.
 Per-step quantities are numpy arrays over steps (length 1 when they do not depend on the context).
+
+KV traffic follows the KV format (`get_kv_format`), exact for formats that mix precisions over positions
+(KIVI, Harmonia): a step reads the keys and values of every token it attends, as stored (held + new
+tokens); it writes each new token once in the format of its position, plus the older tokens re-quantized
+as they leave the high-precision part (a completed chunk of KIVI keys, a token ageing out of a recent
+window). Writes follow the token stream (absolute positions); memory and reads the tokens a layer holds.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ridgeline.errors import RidgelineError
-from ridgeline.specs.formats import NumberFormat, get_format
+from ridgeline.specs.formats import KVFormat, NumberFormat, get_format, get_kv_format
 from ridgeline.specs.model import Layer, ModelSpec
 from ridgeline.specs.recipes import RecipeContext, is_recipe, tensor_type
 from ridgeline.specs.scenario import Precision, Scenario
@@ -132,7 +138,7 @@ class Workload:
     weights_bytes: float
     kv_bytes: float  # KV cache at the final context, whole batch
     activation_bytes: float  # peak transient activations (prefill estimate)
-    kv_bytes_per_token: float  # one sequence, all layers, one more token (no window clipping)
+    kv_bytes_per_token: float  # one sequence, all layers, one more token in the bulk format (no window clipping)
     tensor_formats: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -202,7 +208,7 @@ def build_workload(model: ModelSpec, scenario: Scenario, precision: Precision | 
     options = options or Options()
     fmts = tensor_formats(model, precision)
     a = get_format(precision.acts).bits / 8.0
-    kv_fmt = get_format(precision.kv)
+    kv_fmt = get_kv_format(precision.kv)
     tbytes: dict[int | None, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for t in model.tensors():
         tbytes[t.layer][t.role] += fmts[t.name][1]
@@ -223,7 +229,7 @@ def build_workload(model: ModelSpec, scenario: Scenario, precision: Precision | 
                 ops += ctx.layer_ops(layer, s, contexts, tbytes[idx[0]], label, len(idx), name)
         phases.append(Phase(name, steps, b * s, contexts, ops))
     kv_tok = sum(ctx.kv_elem_bytes(l) for l in model.layers)
-    kv_total = b * sum(ctx.kv_elem_bytes(l) * model.kv_tokens_held(l, P + N) for l in model.layers)
+    kv_total = b * _held_kv_bytes(model, kv_fmt, P + N, options)
     weights_total = float(sum(v[1] for v in fmts.values()))
     return Workload(model, scenario, precision, options, phases[0], phases[1], weights_total, float(kv_total),
                     _activation_peak(model, scenario, options, a), float(kv_tok),
@@ -276,13 +282,23 @@ def _activation_peak(model: ModelSpec, sc: Scenario, opt: Options, a: float) -> 
 class _Ctx:
     """Builds operators; holds what every operator needs (model, options, formats, batch)."""
 
-    def __init__(self, model: ModelSpec, opt: Options, kv_fmt: NumberFormat, a: float, b: int) -> None:
+    def __init__(self, model: ModelSpec, opt: Options, kv_fmt: KVFormat, a: float, b: int) -> None:
         self.m, self.opt, self.kv, self.a, self.b = model, opt, kv_fmt, a, b
         self.traffic = opt.activation_traffic
 
     def kv_elem_bytes(self, layer: Layer) -> float:
-        """KV-cache bytes one token adds to `layer`."""
-        return self.kv.elements_bytes(self.m.kv_elements_per_token(layer, self.opt.mla_cache))
+        """KV-cache bytes one more token adds to `layer` in the format's bulk (its long-context cost)."""
+        return self.kv.bulk.elements_bytes(self.m.kv_elements_per_token(layer, self.opt.mla_cache))
+
+    def kv_read(self, layer: Layer, n) -> tuple:
+        """Bytes of keys and of values a step reads when each sequence attends `n` tokens (whole batch)."""
+        k, v = self.m.kv_elements_split(layer, self.opt.mla_cache)
+        return self.b * self.kv.cache_bytes(n, k, True), self.b * self.kv.cache_bytes(n, v, False)
+
+    def kv_write(self, layer: Layer, s: int, c) -> tuple:
+        """Bytes of keys and of values a step writes when `s` tokens per sequence follow `c` (whole batch)."""
+        k, v = self.m.kv_elements_split(layer, self.opt.mla_cache)
+        return self.b * self.kv.write_bytes(c, s, k, True), self.b * self.kv.write_bytes(c, s, v, False)
 
     def op(self, name: str, kind: str, group: str, count: int, flops, weights=0.0, acts=0.0,
            kv_read=0.0, kv_write=0.0, block_acts=0.0) -> Operator:
@@ -318,15 +334,15 @@ class _Ctx:
         T = b * s
         att = layer.attention
         keys = b * _keys_attended(s, c, att.window, opt.causal)  # query-key pairs per head
-        kv_tokens = b * _kv_tokens_read(s, c, att.window)  # cached + new tokens read, per sequence × b
+        kv_tokens = _kv_tokens_read(s, c, att.window)  # cached + new tokens each sequence reads
         norm = lambda name, role, width=h, block=0.0: self.op(
             name, "elementwise", group, count, opt.norm_ops * T * width, weights=tb[role], acts=2 * T * width * a,
             block_acts=block)
         ops = [norm("attn_norm", "attn_norm", block=T * h * a)]  # block input
         if att.mla:
-            ops += self._mla_ops(layer, s, keys, kv_tokens, tb, group, count, phase)
+            ops += self._mla_ops(layer, s, c, keys, kv_tokens, tb, group, count, phase)
         else:
-            ops += self._attention_ops(layer, s, keys, kv_tokens, tb, group, count)
+            ops += self._attention_ops(layer, s, c, keys, kv_tokens, tb, group, count)
         ops.append(self.op("attn_residual", "elementwise", group, count, opt.residual_ops * T * h, acts=3 * T * h * a))
         if layer.n_norms >= 4:
             ops.insert(-1, norm("attn_post_norm", "attn_post_norm"))
@@ -354,19 +370,19 @@ class _Ctx:
             self.op("av", "attention", group, count, 2.0 * nq * dv * keys, acts=T * nq * dv * a + scores, kv_read=kv_v),
         ]
 
-    def _attention_ops(self, layer: Layer, s: int, keys, kv_tokens, tb, group: str, count: int) -> list[Operator]:
+    def _attention_ops(self, layer: Layer, s: int, c, keys, kv_tokens, tb, group: str, count: int) -> list[Operator]:
         att, opt, a, b, h = layer.attention, self.opt, self.a, self.b, self.m.hidden
         T = b * s
         nq, nkv, d = att.n_heads, att.n_kv_heads, att.head_dim
-        kv_row = self.kv.elements_bytes(nkv * d)  # K (or V) bytes of one token
+        k_write, v_write = self.kv_write(layer, s, c)
         ops = []
         if att.fused_qkv:
             ops.append(self._gemm("qkv_proj", group, count, T, h, (nq + 2 * nkv) * d, tb["attn_qkv"], att.qkv_bias,
-                                  kv_write=2 * T * kv_row))
+                                  kv_write=k_write + v_write))
         else:
             ops += [self._gemm("q_proj", group, count, T, h, nq * d, tb["attn_q"], att.qkv_bias),
-                    self._gemm("k_proj", group, count, T, h, nkv * d, tb["attn_k"], att.qkv_bias, kv_write=T * kv_row),
-                    self._gemm("v_proj", group, count, T, h, nkv * d, tb["attn_v"], att.qkv_bias, kv_write=T * kv_row)]
+                    self._gemm("k_proj", group, count, T, h, nkv * d, tb["attn_k"], att.qkv_bias, kv_write=k_write),
+                    self._gemm("v_proj", group, count, T, h, nkv * d, tb["attn_v"], att.qkv_bias, kv_write=v_write)]
         if att.qk_norm:
             w = tb["attn_q_norm"] + tb["attn_k_norm"]
             ops.append(self.op("qk_norm", "elementwise", group, count, opt.norm_ops * T * (nq + nkv) * d,
@@ -374,11 +390,11 @@ class _Ctx:
         if att.rotary_dim:
             rot = T * (nq + nkv) * att.rotary_dim
             ops.append(self.op("rope", "elementwise", group, count, opt.rope_ops * rot, acts=2 * rot * a))
-        ops += self._attention_core(group, count, nq, d, d, keys, kv_tokens * kv_row, kv_tokens * kv_row, T)
+        ops += self._attention_core(group, count, nq, d, d, keys, *self.kv_read(layer, kv_tokens), T)
         ops.append(self._gemm("o_proj", group, count, T, nq * d, h, tb["attn_output"], att.o_bias, block_out=True))
         return ops
 
-    def _mla_ops(self, layer: Layer, s: int, keys, kv_tokens, tb, group: str, count: int, phase: str):
+    def _mla_ops(self, layer: Layer, s: int, c, keys, kv_tokens, tb, group: str, count: int, phase: str):
         att, opt, a, b, h = layer.attention, self.opt, self.a, self.b, self.m.hidden
         m, nq, T = att.mla, att.n_heads, b * s
         dc, dr, dn, dv = m.kv_lora_rank, m.qk_rope_head_dim, m.qk_nope_head_dim, m.v_head_dim
@@ -391,10 +407,10 @@ class _Ctx:
         else:
             ops.append(self._gemm("q_proj", group, count, T, h, nq * (dn + dr), tb["attn_q"]))
         latent = opt.mla_cache == "latent"
-        lat_row = self.kv.elements_bytes(dc + dr)
-        full_row = self.kv.elements_bytes(nq * (dn + dr + dv))
+        written = sum(self.kv_write(layer, s, c))  # the latent, or the decompressed per-head K and V
+        read = sum(self.kv_read(layer, kv_tokens))
         ops += [self._gemm("kv_a_proj", group, count, T, h, dc + dr, tb["attn_kv_a_mqa"],
-                           kv_write=T * lat_row if latent else 0.0),
+                           kv_write=written if latent else 0.0),
                 self.op("kv_a_norm", "elementwise", group, count, opt.norm_ops * T * dc,
                         weights=tb["attn_kv_a_norm"], acts=2 * T * dc * a)]
         rot = T * (nq + 1) * dr
@@ -405,14 +421,13 @@ class _Ctx:
             # kv_b holds W_UK (d_n rows per head) and W_UV (d_v rows per head): each is streamed once
             w_uk = tb["attn_kv_b"] * dn / (dn + dv)
             ops.append(self._gemm("q_absorb", group, count, T * nq, dn, dc, w_uk))
-            ops += self._attention_core(group, count, nq, dc + dr, dc, keys, kv_tokens * lat_row, 0.0, T)
+            ops += self._attention_core(group, count, nq, dc + dr, dc, keys, read, 0.0, T)
             ops.append(self._gemm("o_absorb", group, count, T * nq, dc, dv, tb["attn_kv_b"] - w_uk))
         else:
             # materialised: kv_b decompresses the tokens attended (latent cache) or only the new ones
-            tokens = kv_tokens if latent else T
+            tokens = b * kv_tokens if latent else T
             ops.append(self._gemm("kv_b_proj", group, count, tokens, dc, nq * (dn + dv), tb["attn_kv_b"],
-                                  kv_write=0.0 if latent else T * full_row))
-            read = kv_tokens * (lat_row if latent else full_row)
+                                  kv_write=0.0 if latent else written))
             ops += self._attention_core(group, count, nq, dn + dr, dv, keys, read, 0.0, T)
         ops.append(self._gemm("o_proj", group, count, T, nq * dv, h, tb["attn_output"], block_out=True))
         return ops
@@ -482,7 +497,9 @@ def _kv_tokens_read(s: int, c: np.ndarray, window: int | None) -> np.ndarray:
 
 def layer_kv_bytes(model: ModelSpec, precision: Precision, context: int, options: Options | None = None) -> float:
     """KV-cache bytes one sequence holds after `context` tokens (windows clipped as HF keeps them)."""
-    opt = options or Options()
-    kv = get_format(precision.kv)
-    return sum(kv.elements_bytes(model.kv_elements_per_token(l, opt.mla_cache)) * model.kv_tokens_held(l, context)
+    return _held_kv_bytes(model, get_kv_format(precision.kv), context, options or Options())
+
+
+def _held_kv_bytes(model: ModelSpec, kv: KVFormat, context: int, opt: Options) -> float:
+    return sum(kv.layer_bytes(model.kv_tokens_held(l, context), *model.kv_elements_split(l, opt.mla_cache))
                for l in model.layers)

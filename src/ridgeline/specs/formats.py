@@ -4,6 +4,10 @@ One registry serves weights, activations and the KV cache. A format knows its bl
 elements share scale metadata) and the bytes one block takes, so `tensor_bytes` is exact for the
 ggml block types (sizes from the `gguf` package), per-group and per-channel integers, and MX/BFP.
 Recipes such as Q4_K_M are not formats: they assign a format per tensor (see `recipes.py`).
+
+A KV cache can also mix formats over positions (KIVI's full-precision residual, Harmonia's 8-bit sink and
+recent tokens): `KVFormat` says which of the tokens a layer holds are stored in which NumberFormat, so
+its bytes are exact at every context length; a plain number format is the uniform special case.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+
+import numpy as np
 
 from ridgeline.errors import RidgelineError
 
@@ -197,3 +203,123 @@ def list_format_names() -> list[str]:
 def list_formats() -> list[NumberFormat]:
     """The registry's formats, in a stable order (for `ridgeline formats`)."""
     return [get_format(n) for n in list_format_names()]
+
+
+# ---------------------------------------------------------------------------------------------
+# KV-cache formats: number formats that may differ over the positions of the cache
+
+#: KIVI (arXiv 2402.02750) defaults: G elements per quantization group, R full-precision residual tokens
+KIVI_GROUP, KIVI_RESIDUAL = 32, 128
+#: Harmonia (arXiv 2602.04595) has no public code; sinks and recent tokens kept at 8-bit mantissa (our defaults)
+HARMONIA_SINK, HARMONIA_RECENT = 32, 128
+
+_KIVI_RE = re.compile(r"^kivi_?(\d+)(?:_g(\d+))?(?:_r(\d+))?$")
+_HARMONIA_RE = re.compile(r"^harmonia(?:_s(\d+))?(?:_r(\d+))?$")
+KV_FORMAT_HELP = "kivi2, kivi4, kivi{b}_g{G}_r{R}, harmonia, harmonia_s{S}_r{R}"
+
+
+@dataclass(frozen=True)
+class KVFormat:
+    """Which tokens of a layer's KV cache are stored in which format, as a function of the tokens it holds.
+
+    `bulk` stores most tokens; `hi` (if set) the tokens a policy keeps more precise: the first `sink` and
+    the last `recent` tokens held (Harmonia; KIVI's values, sink 0), except for keys when `key_chunk` > 0:
+    then the last n mod key_chunk tokens (KIVI quantizes keys per channel across tokens, so only whole
+    chunks of R). Positions count within the tokens held, so a sliding window's cache is priced the same way.
+    """
+
+    name: str
+    bulk: NumberFormat
+    hi: NumberFormat | None = None
+    sink: int = 0
+    recent: int = 0
+    key_chunk: int = 0
+    description: str = ""
+
+    def hi_tokens(self, n, key: bool):
+        """How many of `n` held tokens (int or numpy array) are stored in `hi`."""
+        if self.hi is None:
+            return n * 0
+        if key and self.key_chunk:
+            return n % self.key_chunk
+        return np.minimum(n, self.sink + self.recent)
+
+    def cache_bytes(self, n, elements: int, key: bool):
+        """Bytes of the keys (`key`) or values of `n` held tokens with `elements` numbers per token."""
+        if self.hi is None:
+            return self.bulk.elements_bytes(elements) * n
+        h = self.hi_tokens(n, key)
+        return h * self.hi.elements_bytes(elements) + (n - h) * self.bulk.elements_bytes(elements)
+
+    def layer_bytes(self, n, k_elements: int, v_elements: int):
+        """Bytes of keys and values of `n` held tokens (per-token K and V element counts)."""
+        if self.hi is None:  # the uniform formula, term for term as before mixed formats existed
+            return self.bulk.elements_bytes(k_elements + v_elements) * n
+        return self.cache_bytes(n, k_elements, True) + self.cache_bytes(n, v_elements, False)
+
+    def write_bytes(self, c, s: int, elements: int, key: bool):
+        """Bytes written when `s` tokens follow `c` in the stream: each new token once in the format of its
+        position, plus every older token re-quantized into `bulk` as it leaves `hi` (a chunk of keys
+        completing, a value or Harmonia token ageing out of the recent window). From c = 0 this is
+        `cache_bytes(s)`; summed over the steps it is every byte ever stored."""
+        if self.hi is None:
+            return self.bulk.elements_bytes(elements) * s
+        n = c + s
+        if key and self.key_chunk:
+            new_hi = np.minimum(s, n % self.key_chunk)  # the open chunk is the tail of the stream
+        else:  # new positions [c, n) against sinks [0, sink) and recent [n - recent, n)
+            new_hi = (np.clip(self.sink - c, 0, s) + min(s, self.recent)
+                      - np.maximum(0, np.minimum(self.sink, n) - np.maximum(c, n - self.recent)))
+        new_bulk = (n - self.hi_tokens(n, key)) - (c - self.hi_tokens(c, key))  # never negative: bulk only grows
+        return new_hi * self.hi.elements_bytes(elements) + new_bulk * self.bulk.elements_bytes(elements)
+
+    def check_row(self, row: int, what: str = "KV cache") -> None:
+        """Raise if a cached row (a head's K or V) of `row` elements cannot be stored in this format."""
+        for f in (self.bulk, self.hi):
+            if f is not None:
+                f.check_row(row, what)
+        if self.key_chunk and row % self.bulk.block:  # KIVI: each token's values in groups of G channels
+            raise RidgelineError(f"{what}: row length {row} is not a multiple of the {self.name} group size "
+                                 f"{self.bulk.block} (values are quantized per token in groups of channels)")
+
+    def to_json(self) -> dict:
+        """JSON form used in records."""
+        return {"name": self.name, "bulk": self.bulk.name, "hi": self.hi.name if self.hi else None,
+                "sink": self.sink, "recent": self.recent, "key_chunk": self.key_chunk,
+                "description": self.description}
+
+
+def _kivi(name: str, bits: int, group: int, residual: int) -> KVFormat:
+    if group < 1 or residual < group or residual % group:
+        raise RidgelineError(f"KV format {name!r}: KIVI needs a group G >= 1 and a residual R that is a positive "
+                             f"multiple of G (kivi{{b}}_g{{G}}_r{{R}}), got G {group}, R {residual}")
+    if not 2 <= bits <= 8:
+        raise RidgelineError(f"KV format {name!r}: KIVI needs 2..8 bits, got {bits}")
+    bulk = _int(bits, group, asym=True)  # b bits + fp16 scale + fp16 zero per group: b + 32/G bits
+    return KVFormat(f"kivi{bits}_g{group}_r{residual}", bulk, _FIXED["fp16"], recent=residual, key_chunk=residual,
+                    description=f"KIVI-{bits}: keys per channel, values per token, {bits}-bit asym groups of {group} "
+                                f"({bulk.bits:g} bits); fp16 residual: keys L mod {residual}, values the last {residual}")
+
+
+def _harmonia(sink: int, recent: int) -> KVFormat:
+    hi, lo = _bfp(32, 8), _bfp(32, 4)
+    return KVFormat(f"harmonia_s{sink}_r{recent}", lo, hi, sink=sink, recent=recent,
+                    description=f"Harmonia: BFP groups of 32 with an 8-bit exponent; first {sink} and last {recent} "
+                                f"tokens at 8-bit mantissa ({hi.bits:g} bits), the rest 4-bit ({lo.bits:g} bits)")
+
+
+@lru_cache(maxsize=None)
+def get_kv_format(name: str) -> KVFormat:
+    """Resolve a KV-cache format: any number format (uniform), KIVI or Harmonia names; raise if unknown."""
+    key = name.strip().lower().replace("-", "_")
+    m = _KIVI_RE.match(key)
+    if m:
+        return _kivi(name, int(m.group(1)), int(m.group(2) or KIVI_GROUP), int(m.group(3) or KIVI_RESIDUAL))
+    m = _HARMONIA_RE.match(key)
+    if m:
+        return _harmonia(int(m.group(1) or HARMONIA_SINK), int(m.group(2) or HARMONIA_RECENT))
+    try:
+        fmt = get_format(name)
+    except RidgelineError as exc:
+        raise RidgelineError(f"{exc}. KV caches also take {KV_FORMAT_HELP}") from None
+    return KVFormat(fmt.name, fmt, description=fmt.description)

@@ -144,6 +144,33 @@ class ModelSpec:
         layers = tuple(self.layers[i % self.n_layers] for i in range(n))
         return replace(self, layers=layers, gguf_tensors=None, name=f"{self.name}[{n}L]")
 
+    def with_window(self, window: int) -> "ModelSpec":
+        """Every attention layer with a sliding window of `window` keys per query (the current one included)."""
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise RidgelineError(f"sliding window must be an integer >= 1 (keys per query, the current token "
+                                 f"included), got {window!r}")
+        layers = tuple(replace(l, attention=replace(l.attention, window=window)) for l in self.layers)
+        return replace(self, layers=layers)
+
+    def with_kv_heads(self, n_kv_heads: int) -> "ModelSpec":
+        """Every attention layer with `n_kv_heads` K/V heads (GQA conversion: k/v projections become
+        [n_kv_heads·d_h, hidden]); a stored tensor table keeps each tensor's type, its rows rescaled."""
+        g = n_kv_heads
+        for att in {l.attention for l in self.layers}:
+            if att.mla:
+                raise RidgelineError("KV heads cannot be changed on multi-head latent attention (MLA caches a "
+                                     "shared latent, not per-head K/V)")
+            if isinstance(g, bool) or not isinstance(g, int) or g < 1 or att.n_heads % g:
+                divisors = [d for d in range(1, att.n_heads + 1) if att.n_heads % d == 0]
+                raise RidgelineError(f"KV heads must divide the {att.n_heads} query heads (one of "
+                                     f"{', '.join(map(str, divisors))}), got {g!r}")
+        old = {i: l.attention for i, l in enumerate(self.layers)}
+        layers = tuple(replace(l, attention=replace(l.attention, n_kv_heads=g)) for l in self.layers)
+        table = self.gguf_tensors
+        if table is not None:
+            table = tuple(_regroup_kv(t, old[t.layer], g) if t.layer is not None else t for t in table)
+        return replace(self, layers=layers, gguf_tensors=table)
+
     def tensors(self) -> list[TensorSpec]:
         """Every weight tensor (tied embeddings once), as GGUF names with torch-order shapes."""
         if self.gguf_tensors is not None:
@@ -169,20 +196,39 @@ class ModelSpec:
 
     def kv_elements_per_token(self, layer: Layer, mla_cache: str = "latent") -> int:
         """KV-cache elements one token adds in `layer` (K and V together; MLA per `mla_cache`)."""
+        return sum(self.kv_elements_split(layer, mla_cache))
+
+    def kv_elements_split(self, layer: Layer, mla_cache: str = "latent") -> tuple[int, int]:
+        """KV-cache elements one token adds in `layer` as (keys, values); MLA's latent cache as transformers
+        holds it: the compressed KV (d_c) as keys, the rope dims (d_r) as values."""
         att = layer.attention
         if att.mla:
             m = att.mla
             if mla_cache == "latent":
-                return m.kv_lora_rank + m.qk_rope_head_dim
+                return m.kv_lora_rank, m.qk_rope_head_dim
             if mla_cache == "decompressed":
-                return att.n_heads * (m.qk_nope_head_dim + m.qk_rope_head_dim + m.v_head_dim)
+                return att.n_heads * (m.qk_nope_head_dim + m.qk_rope_head_dim), att.n_heads * m.v_head_dim
             raise RidgelineError(f"mla_cache must be 'latent' or 'decompressed', got {mla_cache!r}")
-        return 2 * att.n_kv_heads * att.head_dim
+        return att.n_kv_heads * att.head_dim, att.n_kv_heads * att.head_dim
 
     def kv_tokens_held(self, layer: Layer, context: int) -> int:
         """Tokens a layer's cache holds after `context` tokens: W−1 past keys for a window W (as HF keeps)."""
         w = layer.attention.window
         return min(context, w - 1) if w else context
+
+
+def _regroup_kv(t: TensorSpec, att: Attention, g: int) -> TensorSpec:
+    """A stored K, V or fused QKV tensor with its rows for `g` KV heads; rows are whole, so bytes scale exactly."""
+    role = t.role
+    if role in ("attn_k", "attn_v"):
+        old_rows, new_rows = att.n_kv_heads, g
+    elif role == "attn_qkv":
+        old_rows, new_rows = att.n_heads + 2 * att.n_kv_heads, att.n_heads + 2 * g
+    else:
+        return t
+    shape = (t.shape[0] // old_rows * new_rows, *t.shape[1:])
+    nbytes = t.nbytes // old_rows * new_rows if t.nbytes is not None else None
+    return replace(t, shape=shape, nbytes=nbytes)
 
 
 def _layer_tensors(i: int, layer: Layer, h: int) -> list[TensorSpec]:

@@ -57,7 +57,7 @@ def parse_scenario(text: str, batch: int = 1) -> Scenario:
 
 @dataclass(frozen=True)
 class Precision:
-    """Formats for weights (a format or a llama.cpp recipe), activations and the KV cache."""
+    """Formats for weights (a format or a llama.cpp recipe), activations and the KV cache (`get_kv_format`)."""
 
     weights: str = "bf16"
     acts: str = "bf16"
@@ -65,14 +65,14 @@ class Precision:
     compute: str | None = None  # dtype whose peak bounds compute; default from the activation format
 
     def __post_init__(self) -> None:
-        from ridgeline.specs.formats import get_format
+        from ridgeline.specs.formats import get_format, get_kv_format
         from ridgeline.specs.recipes import is_recipe
 
         object.__setattr__(self, "weights", self.weights.lower())
         if self.weights != "stored" and not is_recipe(self.weights):  # "stored": a GGUF's own tensor types
             get_format(self.weights)
-        for f in (self.acts, self.kv):
-            get_format(f)
+        get_format(self.acts)
+        get_kv_format(self.kv)  # a number format, or a mixed one (KIVI, Harmonia)
         if self.compute is not None and self.compute not in ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4"):
             raise RidgelineError(f"compute dtype {self.compute!r} is not one of fp32, tf32, fp16, bf16, fp8, int8, int4")
 
