@@ -352,3 +352,102 @@ def test_bundled_engine_equals_generate_with_preemption_and_prefix_caching():
         assert [list(c.token_ids) for c in got] == refs
         assert engine.preemptions > 0
     assert engine.blocks.num_used == 0
+
+
+# -- traces, replay and serve-bench ------------------------------------------------------------------
+
+def test_trace_lines_parse_and_malformed_lines_are_named(tmp_path):
+    from ridgeline.engine.trace import load_trace
+
+    good = ['{"arrival": 0.5, "prompt": "hello", "max_tokens": 4}', "",
+            '{"prompt_ids": [1, 2, 3], "max_tokens": 2, "temperature": 0.7, "seed": 3, "id": "x"}',
+            '{"arrival": 2, "prompt_len": 40, "max_tokens": 8, "n": 2}']
+    f = tmp_path / "t.jsonl"
+    f.write_text("\n".join(good) + "\n")
+    t = load_trace(f)
+    assert [r.arrival for r in t] == [0.5, 0.0, 2.0]
+    assert t[1].prompt_ids == (1, 2, 3) and t[1].params().temperature == 0.7 and t[1].request_id == "x"
+    assert t[2].params().n == 2 and t[2].params().ignore_eos
+    for bad, why in [('{"prompt": "hi", "max_tokens": 4', "line 2: not JSON"),
+                     ('{"prompt": "hi"}', "line 2: max_tokens is missing"),
+                     ('{"prompt": "hi", "prompt_len": 3, "max_tokens": 1}', "line 2: give exactly one of"),
+                     ('{"prompt_len": 3, "max_tokens": 0}', "line 2: max_tokens must be an integer >= 1"),
+                     ('{"prompt_len": 3, "max_tokens": 2, "arrival": -1}', "line 2: arrival must be"),
+                     ('{"prompt_len": 3, "max_tokens": 2, "temprature": 1}', "line 2: unknown field"),
+                     ('{"prompt_len": 3, "max_tokens": 2, "top_p": 0}', "line 2: .*top_p"),
+                     ('[1, 2]', "line 2: expected a JSON object")]:
+        f.write_text(good[0] + "\n" + bad + "\n")
+        with pytest.raises(RidgelineError, match=why):
+            load_trace(f)
+
+
+def test_synthetic_trace_is_poisson_with_mixed_lengths():
+    from ridgeline.engine.trace import synthetic_trace
+
+    t = synthetic_trace(4000, rate=5.0, prompt_len=(32, 512), output_len=(16, 128), seed=1)
+    arr = [r.arrival for r in t]
+    assert arr[0] == 0 and all(b >= a for a, b in zip(arr, arr[1:]))
+    assert abs((arr[-1] / (len(arr) - 1)) - 0.2) < 0.02  # mean gap 1 / rate
+    assert min(r.prompt_len for r in t) >= 32 and max(r.prompt_len for r in t) <= 512
+    assert min(r.max_tokens for r in t) >= 16 and max(r.max_tokens for r in t) <= 128
+    short = sum(r.prompt_len < 128 for r in t) / len(t)
+    assert 0.45 < short < 0.55  # log-uniform: half the prompts below the geometric midpoint 128
+    assert t == synthetic_trace(4000, rate=5.0, prompt_len=(32, 512), output_len=(16, 128), seed=1)
+    with pytest.raises(RidgelineError, match="rate"):
+        synthetic_trace(3, rate=0)
+
+
+def test_replay_counts_waste_and_latency_by_hand(tiny):
+    from ridgeline.engine.serve import replay, summarize
+    from ridgeline.engine.trace import TraceRequest
+
+    model, prompts, _ = tiny
+    engine = Engine(model, EngineConfig(block_size=4))
+    result = replay(engine, [TraceRequest(0.0, 3, prompt_ids=tuple(prompts[0]))], [prompts[0]], realtime=False)
+    s = summarize(result)
+    # prompt 5 tokens, 3 generated: step 1 holds 5 of 8 slots, step 2 6 of 8, step 3 finishes and frees
+    assert [(x.blocks_used, x.slots_used) for x in result.steps] == [(2, 5), (2, 6), (0, 0)]
+    assert s["kv_waste"] == pytest.approx(5 / 16)
+    assert s["output_tokens"] == 3 and s["requests"] == 1
+    r = result.requests[0]
+    assert len(r["itl_s"]) == 2 and r["ttft_s"] > 0 and r["e2e_s"] >= r["ttft_s"]
+    assert s["kv_in_use_bytes"]["peak"] == 8 * result.kv_bytes_per_slot
+    assert result.kv_bytes_per_slot == 2 * 2 * 2 * 16 * 4  # K and V, 2 layers, 2 KV heads, head_dim 16, fp32
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from ridgeline.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_serve_bench_cli_writes_a_record(tiny_model_dir, tmp_path):
+    import json
+
+    out = tmp_path / "serve.json"
+    r = _cli("serve-bench", tiny_model_dir, "--synthetic", 5, "--rate", "inf", "--prompt-len", "8:40",
+             "--output-len", "4:12", "--block-size", 8, "--device", "raspberry-pi-5", "--plot", tmp_path / "roof",
+             "--out", out)
+    assert r.exit_code == 0, r.output
+    rec = json.loads(out.read_text())
+    assert rec["kind"] == "ridgeline.serve.results" and rec["summary"]["requests"] == 5
+    assert rec["summary"]["output_tokens"] == sum(x["output_tokens"] for x in rec["requests"])
+    assert rec["engine"]["block_size"] == 8 and rec["trace"]["synthetic"] == 5
+    assert all(p["flops"] > 0 and p["phi"] > 0 for p in rec["decode_roofline"])
+    assert (tmp_path / "roof.png").exists()
+    assert "KV waste" in r.output and "TTFT" in r.output
+
+
+def test_serve_bench_cli_bad_input(tiny_model_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt_len": 8, "max_tokens": 4}\n{"prompt_len": 8}\n')
+    r = _cli("serve-bench", tiny_model_dir, "--requests", bad)
+    assert r.exit_code == 2 and "line 2: max_tokens is missing" in r.output
+    big = tmp_path / "big.jsonl"
+    big.write_text('{"prompt_len": 100, "max_tokens": 50, "id": "long"}\n')
+    r = _cli("serve-bench", tiny_model_dir, "--requests", big, "--num-blocks", 4, "--block-size", 16)
+    assert r.exit_code == 2 and "long: prompt 100 + max_tokens 50 = 150 tokens can never fit the KV pool" in r.output
+    r = _cli("serve-bench", tiny_model_dir)
+    assert r.exit_code == 2 and "exactly one of --requests FILE or --synthetic N" in r.output

@@ -623,6 +623,113 @@ def bench(
                 (err_console if as_json else console).print(f"wrote {escape(str(p))}", highlight=False)
 
 
+@app.command("serve-bench")
+@_cli
+def serve_bench(
+    model: str = typer.Argument("smollm2-135m", help="the bundled model (smollm2-135m), a .gguf, a model folder or a hub id"),
+    requests: Optional[Path] = typer.Option(None, "--requests", help="JSON-lines trace: arrival, prompt|prompt_ids|prompt_len, max_tokens per line"),
+    synthetic: Optional[int] = typer.Option(None, "--synthetic", help="N synthetic requests (Poisson arrivals, log-uniform lengths)"),
+    rate: float = typer.Option(1.0, "--rate", help="synthetic arrivals per second ('inf': all at once)"),
+    prompt_len: str = typer.Option("32:512", "--prompt-len", help="synthetic prompt lengths MIN:MAX"),
+    output_len: str = typer.Option("16:128", "--output-len", help="synthetic output lengths MIN:MAX"),
+    seed: int = typer.Option(0, "--seed", help="synthetic trace seed"),
+    offline: bool = typer.Option(False, "--offline", help="queue every request at once (throughput), ignoring arrival times"),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 or bf16 (weights, activations and KV pool)"),
+    block_size: int = typer.Option(16, "--block-size", help="tokens per KV block"),
+    num_blocks: int = typer.Option(512, "--num-blocks", help="KV blocks in the pool"),
+    max_batched_tokens: int = typer.Option(512, "--max-batched-tokens", help="token budget per step (prefill chunks + decode tokens)"),
+    max_num_seqs: int = typer.Option(64, "--max-num-seqs", help="sequences running at once"),
+    prefix_caching: bool = typer.Option(False, "--prefix-caching/--no-prefix-caching", help="reuse KV blocks of identical prompt prefixes"),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="torch threads (default: torch's choice)"),
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="place decode steps on this device's roofline ('local' after `ridgeline probe`, or a catalogue id)"),
+    as_json: bool = typer.Option(False, "--json", help="print the record as JSON"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the record (JSON) here"),
+    plot_stem: Optional[Path] = typer.Option(None, "--plot", help="with --device: write STEM.png/.svg, measured batch-decode steps beside analyze --batch B"),
+    device_file: Optional[Path] = _DEVICE_FILE,
+) -> None:
+    """Replay a request trace through the paged-KV continuous-batching engine: throughput, TTFT, ITL, KV use, waste."""
+    import torch
+
+    from ridgeline.engine import Engine, EngineConfig, load_trace, replay, synthetic_trace
+    from ridgeline.engine.serve import decode_points, place_decode_points, serve_record
+    from ridgeline.engine.trace import prompt_tokens
+    from ridgeline.io import write_json
+    from ridgeline.loader import load_model
+    from ridgeline.measure.bench import prompt_text
+
+    if (requests is None) == (synthetic is None):
+        raise RidgelineError("serve-bench needs exactly one of --requests FILE or --synthetic N")
+    if plot_stem is not None and device is None:
+        raise RidgelineError("--plot places decode steps on a roofline: give --device too")
+    if dtype not in ("fp32", "bf16"):
+        raise RidgelineError(f"--dtype must be fp32 or bf16, got {dtype!r}")
+    config = EngineConfig(num_blocks=num_blocks, block_size=block_size, max_batched_tokens=max_batched_tokens,
+                          max_num_seqs=max_num_seqs, prefix_caching=prefix_caching)
+    if requests is not None:
+        trace, trace_info = load_trace(requests), {"file": str(requests)}
+    else:
+        plen, olen = _range(prompt_len, "--prompt-len"), _range(output_len, "--output-len")
+        trace = synthetic_trace(synthetic, rate, plen, olen, seed)
+        trace_info = {"synthetic": synthetic, "rate": rate, "prompt_len": plen, "output_len": olen, "seed": seed}
+    dev = None
+    if device is not None:
+        from ridgeline.specs.device import get_device
+
+        dev = get_device(device, (device_file,) if device_file else ())
+    if threads is not None:
+        if threads < 1:
+            raise RidgelineError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    lm, tok = load_model(model, dtype)
+    encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]
+    corpus = encode(prompt_text())
+    prompts = [prompt_tokens(r, encode, corpus, offset=97 * i) for i, r in enumerate(trace)]
+    engine = Engine(lm, config)
+    for i, (r, p) in enumerate(zip(trace, prompts)):  # refuse the whole trace before running any of it
+        engine.check_request(p, r.params(), r.request_id or f"line {i + 1}")
+    with _progress("serving requests") as report:
+        result = replay(engine, trace, prompts, lambda done, total: report("finished", done, total),
+                        realtime=not offline)
+    placed = None
+    if dev is not None:
+        from ridgeline.specs.model import load_spec
+        from ridgeline.specs.scenario import Precision
+
+        placed = place_decode_points(decode_points(result.steps), load_spec(model), Precision(dtype, dtype, dtype), dev)
+    record = _finite(serve_record(result, config, model, dtype, trace_info, placed))
+    if out is not None:
+        with _writing(out):
+            write_json(out, record)
+    if as_json:
+        console.print_json(_dumps(record))
+    else:
+        from ridgeline.report.tables import serve_tables
+
+        for t in serve_tables(record):
+            console.print(t)
+    if result.interrupted:
+        err_console.print("interrupted: the record holds the requests finished so far")
+    if plot_stem is not None and placed:
+        from ridgeline.report.plot import Point, Roof, plot_roofline
+
+        roofs = [Roof(f"{dev.name} {dtype}", dev.bandwidth_Bps, dev.peak_flops.get(dtype) or max(dev.peak_flops.values()))]
+        points = [Point(f"B={p['batch']}", p["intensity"], p["flops"] / p["predicted_step_s"], "analytic decode (analyze --batch B)")
+                  for p in placed]
+        points += [Point(f"B={p['batch']}", p["intensity"], p["achieved_flops"], f"measured engine {dtype}") for p in placed]
+        with _writing(plot_stem):
+            for p in plot_roofline(roofs, points, plot_stem, title=f"{model}: engine decode steps by batch size"):
+                (err_console if as_json else console).print(f"wrote {escape(str(p))}", highlight=False)
+
+
+def _range(text: str, what: str) -> tuple[int, int]:
+    """'MIN:MAX' -> (MIN, MAX) integers."""
+    lo, sep, hi = text.partition(":")
+    try:
+        return (int(lo), int(hi)) if sep else (int(lo), int(lo))
+    except ValueError:
+        raise RidgelineError(f"{what} must be MIN:MAX token counts, got {text!r}") from None
+
+
 def _print_error_line(r: dict) -> None:
     """The prediction error of the decode time per token, for every record."""
     from ridgeline.report.measured import flat_rows

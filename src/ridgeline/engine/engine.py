@@ -151,31 +151,36 @@ class Engine:
         self.prompts: dict[str, tuple[int, ...]] = {}
         self.stats: list[StepStats] = []
         self.preemptions = 0
-        self._ids = itertools.count()
+        self._ids = itertools.count()  # sequence ids
+        self._rids = itertools.count()  # request ids
         register()
 
     # -- requests --------------------------------------------------------------------------------
+
+    def check_request(self, prompt: Sequence[int], params: SamplingParams, what: str = "request") -> None:
+        """Raise RidgelineError if this request could never run: too long for the model or for the KV pool."""
+        if not prompt:
+            raise RidgelineError(f"{what}: a request needs at least one prompt token")
+        total = len(prompt) + params.max_tokens
+        if self.max_len is not None and total > self.max_len:
+            raise RidgelineError(f"{what}: prompt {len(prompt)} + max_tokens {params.max_tokens} = {total} "
+                                 f"tokens exceed the model's {self.max_len} positions")
+        # a lone sequence must be able to finish, or preemption by recomputation would loop forever
+        if self.blocks.can_allocate(total) is AllocStatus.NEVER:
+            cap = (self.config.num_blocks - self.blocks.watermark_blocks) * self.config.block_size
+            raise RidgelineError(f"{what}: prompt {len(prompt)} + max_tokens {params.max_tokens} = {total} "
+                                 f"tokens can never fit the KV pool of {cap} token slots "
+                                 f"({self.config.num_blocks} blocks of {self.config.block_size}); "
+                                 f"raise num_blocks or shorten the request")
 
     def add_request(self, prompt_ids: Sequence[int], params: SamplingParams = SamplingParams(),
                     request_id: str | None = None, arrival: float | None = None) -> str:
         """Queue a request; raises RidgelineError if it can never fit the pool or the model."""
         prompt = [int(t) for t in prompt_ids]
-        if not prompt:
-            raise RidgelineError("a request needs at least one prompt token")
-        rid = str(request_id) if request_id is not None else f"req-{next(self._ids)}"
-        if rid in self.pending or rid in self.finished:
+        rid = str(request_id) if request_id is not None else f"req-{next(self._rids)}"
+        if rid in self.pending:
             raise RidgelineError(f"request id {rid!r} is already in use")
-        total = len(prompt) + params.max_tokens
-        if self.max_len is not None and total > self.max_len:
-            raise RidgelineError(f"request {rid}: prompt {len(prompt)} + max_tokens {params.max_tokens} = {total} "
-                                 f"tokens exceed the model's {self.max_len} positions")
-        # a lone sequence must be able to finish, or preemption by recomputation would loop forever
-        if self.blocks.can_allocate(total) is AllocStatus.NEVER:
-            cap = (self.config.num_blocks - self.blocks.watermark_blocks) * self.config.block_size
-            raise RidgelineError(f"request {rid}: prompt {len(prompt)} + max_tokens {params.max_tokens} = {total} "
-                                 f"tokens can never fit the KV pool of {cap} token slots "
-                                 f"({self.config.num_blocks} blocks of {self.config.block_size}); "
-                                 f"raise num_blocks or shorten the request")
+        self.check_request(prompt, params, f"request {rid}")
         gen = None
         if params.temperature > 0:
             gen = torch.Generator().manual_seed(params.seed if params.seed is not None else

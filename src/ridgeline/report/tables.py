@@ -165,3 +165,48 @@ def quant_table(manifest: dict, float_bytes_before: float, path: str | None = No
     for name, value in rows:
         t.add_row(name, value)
     return t
+
+
+def serve_tables(record: dict) -> list[Table]:
+    """A serve-bench record: throughput, latency percentiles, KV memory and waste; decode steps by batch."""
+    s, e = record["summary"], record["engine"]
+    t = Table(title=f"serve-bench · {record['model']} {record['dtype']} · {s['requests']} requests · "
+                    f"blocks {e['num_blocks']}×{e['block_size']}, budget {e['max_batched_tokens']} tokens")
+    t.add_column("metric")
+    for c in ("p50", "p90", "p99", "mean"):
+        t.add_column(c, justify="right")
+    for name, key in (("TTFT", "ttft_s"), ("inter-token latency", "itl_s"), ("end-to-end latency", "e2e_s"),
+                      ("step time", "step_s")):
+        t.add_row(name, *(seconds(s[key][c]) if s[key][c] is not None else "-" for c in ("p50", "p90", "p99", "mean")))
+    k = Table(title="throughput and KV cache")
+    k.add_column("metric")
+    k.add_column("value", justify="right")
+    rows = [("generated tokens/s", f"{s['throughput_tokens_per_s']:.1f}" if s["throughput_tokens_per_s"] else "-"),
+            ("requests/s", f"{s['requests_per_s']:.2f}" if s["requests_per_s"] else "-"),
+            ("tokens generated / prompt", f"{s['output_tokens']} / {s['prompt_tokens']}"),
+            ("wall time", seconds(s["seconds"])), ("steps (max running)", f"{s['steps']} ({s['max_running']})"),
+            ("KV pool", si(s["kv_pool_bytes"], "B", 1024.0)),
+            ("KV in use peak / mean", f"{si(s['kv_in_use_bytes']['peak'], 'B', 1024.0)} / "
+                                      f"{si(s['kv_in_use_bytes']['mean'], 'B', 1024.0)}"),
+            ("KV waste (allocated − used slots)", f"{s['kv_waste']:.2%}"),
+            ("preemptions", str(s["preemptions"])),
+            ("prefix cache hit rate", "-" if s["prefix_cache_hit_rate"] is None else f"{s['prefix_cache_hit_rate']:.0%}")]
+    for r in rows:
+        k.add_row(*r)
+    out = [t, k]
+    pts = record.get("decode_roofline") or []
+    if pts:
+        d = Table(title="decode-only steps by batch size" + (" on the roofline" if "phi" in pts[0] else ""))
+        cols = ["batch", "steps", "mean context", "step median", "min–max"]
+        if "phi" in pts[0]:
+            cols += ["predicted", "bound", "Φ"]
+        for c in cols:
+            d.add_column(c, justify="right")
+        for p in pts:
+            row = [str(p["batch"]), str(p["steps"]), f"{p['mean_context']:.0f}", seconds(p["step_s"]),
+                   f"{seconds(p['step_s_min'])}–{seconds(p['step_s_max'])}"]
+            if "phi" in p:
+                row += [seconds(p["predicted_step_s"]), p["bound"], f"{p['phi']:.2f}"]
+            d.add_row(*row)
+        out.append(d)
+    return out
