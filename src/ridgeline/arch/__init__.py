@@ -1,0 +1,1 @@
+"""Architecture transforms: MHA<->GQA conversion, sliding-window attention."""

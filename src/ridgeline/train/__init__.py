@@ -1,0 +1,1 @@
+"""Training loops: uptraining after architecture transforms."""
