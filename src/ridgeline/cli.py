@@ -9,7 +9,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import typer
 from rich.console import Console
@@ -502,8 +502,10 @@ def probe(
 
 
 def _bench_grid(model: str, backends: list[str], scenarios: list, dtypes: list[str], threads: list[Optional[int]],
-                layers: list[Optional[int]], repeats: int, warmup: int, impl: str, memory_limit: Optional[float]):
-    """Every config of the grid, grouped by what has to be loaded (one load per group)."""
+                layers: list[Optional[int]], repeats: int, warmup: int, impl: str, memory_limit: Optional[float],
+                transforms: Sequence[tuple] = ((None, None, None),)):
+    """Every config of the grid, grouped by what has to be loaded (one load per group); `transforms` are
+    (kv, window, kv_heads) triples of the torch runs."""
     from ridgeline.measure.bench import BenchConfig
 
     groups = []
@@ -511,8 +513,9 @@ def _bench_grid(model: str, backends: list[str], scenarios: list, dtypes: list[s
         for dtype in (dtypes if backend == "torch" else ["stored"]):
             for t in threads:
                 for k in (layers if backend == "torch" else [None]):
-                    groups.append([BenchConfig(model, backend, sc, dtype, t, repeats, warmup, k, impl, memory_limit)
-                                   for sc in scenarios])
+                    for kv, w, g in (transforms if backend == "torch" else [(None, None, None)]):
+                        groups.append([BenchConfig(model, backend, sc, dtype, t, repeats, warmup, k, impl,
+                                                   memory_limit, kv, w, g) for sc in scenarios])
     return groups
 
 
@@ -592,6 +595,9 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="print the records as JSON"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the records (JSON) here"),
     plot_stem: Optional[Path] = typer.Option(None, "--plot", help="write STEM.png/.svg: measured points on the roofline (and STEM_layers / STEM_threads for sweeps)"),
+    kv: Optional[str] = typer.Option(None, "--kv", help="torch: KV-cache formats, comma list (kivi2, kivi4, harmonia, bfp32m4, none); runs on the transformers path, quantized caches emulated"),
+    window: Optional[str] = typer.Option(None, "--window", help="torch: sliding-window attention of W keys with a rolling-buffer cache, comma list with 'none'"),
+    kv_heads: Optional[str] = typer.Option(None, "--kv-heads", help="torch: GQA, K/V heads mean-pooled to G (no uptraining), comma list"),
     device_file: Optional[Path] = _DEVICE_FILE,
 ) -> None:
     """Measure the scenario on a real model: TTFT, every decode step, Φ against the probe and catalogue roofs."""
@@ -603,8 +609,10 @@ def bench(
     scenarios = [parse_scenario(s) for s in _csv_list(scenario, "--scenario")]
     thread_list = [None] if threads is None else _int_list(threads, "--threads")
     limit = None if memory_limit is None else memory_limit * 2**30
+    transforms = [(k, w, g) for k in _optional_list(kv, "--kv", str) for w in _optional_list(window, "--window", int)
+                  for g in _optional_list(kv_heads, "--kv-heads", int)]
     groups = _bench_grid(model, backends, scenarios, _csv_list(dtype, "--dtype"), thread_list, _layer_list(layers),
-                         repeats, warmup, impl, limit)
+                         repeats, warmup, impl, limit, transforms)
     results = _run_bench_grid(groups, device, reference, device_file)
     if out is not None:
         with _writing(out):
@@ -641,6 +649,8 @@ def serve_bench(
     max_num_seqs: int = typer.Option(64, "--max-num-seqs", help="sequences running at once"),
     prefix_caching: bool = typer.Option(False, "--prefix-caching/--no-prefix-caching", help="reuse KV blocks of identical prompt prefixes"),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="torch threads (default: torch's choice)"),
+    window: Optional[int] = typer.Option(None, "--window", help="sliding-window attention of W keys (the paged attention masks older keys)"),
+    kv_heads: Optional[int] = typer.Option(None, "--kv-heads", help="GQA: K/V heads mean-pooled to G before serving (smaller KV blocks)"),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="place decode steps on this device's roofline ('local' after `ridgeline probe`, or a catalogue id)"),
     as_json: bool = typer.Option(False, "--json", help="print the record as JSON"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the record (JSON) here"),
@@ -680,7 +690,11 @@ def serve_bench(
         if threads < 1:
             raise RidgelineError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
+    from ridgeline.eval.run import apply_transforms, check_transforms
+
+    check_transforms(dtype, None, window, kv_heads)
     lm, tok = load_model(model, dtype)
+    lm = apply_transforms(lm, window, kv_heads)
     encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]
     corpus = encode(prompt_text())
     prompts = [prompt_tokens(r, encode, corpus, offset=97 * i) for i, r in enumerate(trace)]
@@ -695,8 +709,12 @@ def serve_bench(
         from ridgeline.specs.model import load_spec
         from ridgeline.specs.scenario import Precision
 
-        placed = place_decode_points(decode_points(result.steps), load_spec(model), Precision(dtype, dtype, dtype), dev)
-    record = _finite(serve_record(result, config, model, dtype, trace_info, placed))
+        spec = load_spec(model)
+        spec = spec.with_window(window) if window else spec
+        spec = spec.with_kv_heads(kv_heads) if kv_heads else spec
+        placed = place_decode_points(decode_points(result.steps), spec, Precision(dtype, dtype, dtype), dev)
+    record = _finite(serve_record(result, config, model, dtype, trace_info, placed,
+                                  {"window": window, "kv_heads": kv_heads}))
     if out is not None:
         with _writing(out):
             write_json(out, record)
@@ -719,6 +737,77 @@ def serve_bench(
         with _writing(plot_stem):
             for p in plot_roofline(roofs, points, plot_stem, title=f"{model}: engine decode steps by batch size"):
                 (err_console if as_json else console).print(f"wrote {escape(str(p))}", highlight=False)
+
+
+@app.command()
+@_cli
+def gqa(
+    model: str = typer.Argument("smollm2-135m", help="model to convert: the bundled model (smollm2-135m), .gguf, folder or hub id"),
+    kv_heads: int = typer.Option(..., "--kv-heads", help="KV heads after conversion: any divisor of the query heads (fewer: pooling, more: exact expansion)"),
+    steps: int = typer.Option(30, "--steps", help="uptraining budget in optimizer steps (each batch-size x seq-len calibration tokens)"),
+    optimizer: str = typer.Option("adamw", "--optimizer", help="adamw, or muon (torch.optim.Muon on the 2-D block weights, AdamW on the rest)"),
+    lr: float = typer.Option(1e-4, "--lr", help="peak learning rate (warm-up, then cosine)"),
+    seq_len: int = typer.Option(256, "--seq-len", help="tokens per training sequence"),
+    batch_size: int = typer.Option(2, "--batch-size", help="sequences per step"),
+    train: str = typer.Option("all", "--train", help="parameters to train: all, attention or kv (k_proj/v_proj)"),
+    context: int = typer.Option(512, "--context", help="perplexity window (tokens)"),
+    eval_tokens: int = typer.Option(4096, "--eval-tokens", help="held-out tokens scored at each stage"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="save the uptrained model here (a transformers folder)"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+    report_out: Optional[Path] = typer.Option(None, "--report", help="write the report (JSON) here"),
+) -> None:
+    """MHA/GQA conversion: mean-pool K/V heads, uptrain on calibration text, report ppl and KV bytes per stage."""
+    from rich.table import Table
+
+    from ridgeline.io import write_json
+    from ridgeline.loader import load_model
+    from ridgeline.train import UptrainConfig
+    from ridgeline.train.convert import convert_to_gqa, save_model
+
+    config = UptrainConfig(steps=steps, seq_len=seq_len, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                           train=train, warmup=max(1, steps // 10))
+    lm, tok = load_model(model, "fp32")
+    with _progress("gqa") as report:
+        rep = convert_to_gqa(lm, tok, kv_heads, config, context, eval_tokens, progress=report)
+    record = {"kind": "ridgeline.gqa", "model": model, "kv_heads": kv_heads, "stages": rep.rows,
+              "uptrain": rep.uptrain, "eval": rep.eval_settings}
+    if out is not None:
+        with _writing(out):
+            save_model(lm, tok, out)
+        record["saved"] = str(out)
+    if report_out is not None:
+        with _writing(report_out):
+            write_json(report_out, _finite(record))
+    if as_json:
+        console.print_json(_dumps(record))
+        return
+    base = rep.rows[0]["kv_bytes_per_token"]
+    t = Table(title=f"{model}: K/V heads {rep.rows[0]['kv_heads']} -> {kv_heads}, {rep.uptrain['steps']} "
+                    f"{optimizer} steps ({rep.uptrain['tokens_seen']} tokens, {rep.uptrain['seconds']:.0f} s)")
+    for c in ("stage", "KV heads", "KV bytes/token", "KV saved", "held-out ppl"):
+        t.add_column(c, justify="left" if c == "stage" else "right")
+    for r in rep.rows:
+        t.add_row(r["stage"], str(r["kv_heads"]), f"{r['kv_bytes_per_token']:,.0f}",
+                  f"{1 - r['kv_bytes_per_token'] / base:.0%}", f"{r['ppl']:.2f}")
+    console.print(t)
+    if rep.uptrain["interrupted"]:
+        err_console.print("uptraining was interrupted; the last stage is the model after the completed steps")
+    if out is not None:
+        console.print(f"wrote {escape(str(out))} (loads in transformers; `ridgeline eval {escape(str(out))}`)",
+                      highlight=False)
+
+
+def _optional_list(text: Optional[str], what: str, kind: Callable[[str], Any]) -> list[Any]:
+    """'a,b,none' -> [a, b, None]; no option -> [None]."""
+    if text is None:
+        return [None]
+    out = []
+    for item in _csv_list(text, what):
+        try:
+            out.append(None if item.lower() == "none" else kind(item))
+        except ValueError:
+            raise RidgelineError(f"{what}: {item!r} is not a {kind.__name__} (or 'none')") from None
+    return out
 
 
 def _range(text: str, what: str) -> tuple[int, int]:
@@ -791,6 +880,9 @@ def eval_(
     stride: int = typer.Option(512, "--stride", help="perplexity stride: tokens newly scored per window"),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="cap the perplexity text at this many tokens"),
     num_fewshot: int = typer.Option(0, "--num-fewshot", help="few-shot examples (MMLU layout)"),
+    kv: Optional[str] = typer.Option(None, "--kv", help="KV-cache formats for ppl, comma list (kivi2, kivi4, harmonia, bfp32m4, none): each window streams through the cache in chunks of 128"),
+    window: Optional[str] = typer.Option(None, "--window", help="sliding-window attention of W keys, comma list with 'none' (a perplexity-vs-W curve)"),
+    kv_heads: Optional[str] = typer.Option(None, "--kv-heads", help="GQA: mean-pool K/V heads to G (any divisor of the query heads; no uptraining), comma list"),
     as_json: bool = typer.Option(False, "--json", help="print the records as JSON"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the records (JSON) here"),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="write the quality table as CSV here"),
@@ -803,8 +895,9 @@ def eval_(
 
     names, files = _task_specs(tasks, task_dir)
     configs = [EvalConfig(m, names, files, d, limit=limit, batch_size=batch_size, corpus=corpus, context=context,
-                          stride=stride, max_tokens=max_tokens, num_fewshot=num_fewshot)
-               for m in models for d in _csv_list(dtype, "--dtype")]
+                          stride=stride, max_tokens=max_tokens, num_fewshot=num_fewshot, kv=k, window=w, kv_heads=g)
+               for m in models for d in _csv_list(dtype, "--dtype") for k in _optional_list(kv, "--kv", str)
+               for w in _optional_list(window, "--window", int) for g in _optional_list(kv_heads, "--kv-heads", int)]
     records = []
     with _progress("eval") as report:
         for cfg in configs:

@@ -63,13 +63,20 @@ def _pooled_linear(lin: nn.Linear, m: torch.Tensor, head_dim: int) -> nn.Linear:
     return out
 
 
-def pool_kv_heads(model: Any, groups: int) -> Any:
-    """Convert `model` in place to `groups` KV heads by mean-pooling (any divisor of the query heads); returns it."""
-    attns = attention_modules(model)
-    n_query, n_kv = _heads(model)
+def check_groups(model: Any, groups: int) -> None:
+    """Raise unless `model` is llama-style and `groups` divides its query heads."""
+    attention_modules(model)
+    n_query = model.config.num_attention_heads
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or n_query % groups:
         divisors = [g for g in range(1, n_query + 1) if n_query % g == 0]
         raise RidgelineError(f"KV groups must divide the {n_query} query heads (one of {divisors}), got {groups!r}")
+
+
+def pool_kv_heads(model: Any, groups: int) -> Any:
+    """Convert `model` in place to `groups` KV heads by mean-pooling (any divisor of the query heads); returns it."""
+    check_groups(model, groups)
+    attns = attention_modules(model)
+    n_query, n_kv = _heads(model)
     m = _pool_matrix(n_query, n_kv, groups)
     for attn in attns:
         head_dim = attn.head_dim

@@ -156,7 +156,7 @@ def place_decode_points(points: Sequence[dict[str, Any]], spec: Any, precision: 
 
 
 def serve_record(result: ServeResult, config: Any, model_name: str, dtype: str, trace_info: dict,
-                 placed: list[dict] | None = None) -> dict[str, Any]:
+                 placed: list[dict] | None = None, transforms: dict | None = None) -> dict[str, Any]:
     """The JSON record of a serve-bench run: every parameter that produced it, the summary and the raw data."""
     import platform
 
@@ -167,7 +167,7 @@ def serve_record(result: ServeResult, config: Any, model_name: str, dtype: str, 
 
     return {
         "kind": "ridgeline.serve.results",
-        "model": model_name, "dtype": dtype, "trace": trace_info,
+        "model": model_name, "dtype": dtype, "trace": trace_info, "transforms": transforms or {},
         "engine": {k: getattr(config, k) for k in config.__dataclass_fields__},
         "machine": {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
                     "threads": torch.get_num_threads(), "torch": torch.__version__,

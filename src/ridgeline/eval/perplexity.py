@@ -41,8 +41,12 @@ class PerplexityConfig:
     batch_size: int = 4
     max_tokens: int | None = None  # score only the first max_tokens tokens of the text
     add_bos: bool = True  # prefix BOS (or EOS) so the text's first token is scored too
+    kv: str | None = None  # KV format: each window streams through a fresh cache of it (KIVI, Harmonia, BFP)
+    chunk: int = 128  # tokens per forward when streaming through a KV cache
 
     def __post_init__(self) -> None:
+        if self.chunk < 1:
+            raise RidgelineError(f"chunk must be >= 1 token, got {self.chunk}")
         if self.context < 1:
             raise RidgelineError(f"context must be >= 1 token, got {self.context}")
         if not 1 <= self.stride <= self.context:
@@ -125,14 +129,18 @@ def perplexity(model: Any, tokenizer: Any, text: str, config: PerplexityConfig =
     model.eval()
     try:
         with torch.inference_mode():
-            for start in range(0, len(plan), config.batch_size):
-                nll += _batch_nll(model, all_ids, plan[start:start + config.batch_size], keep)
-                if progress is not None:
-                    progress(min(start + config.batch_size, len(plan)), len(plan))
+            if config.kv is not None:
+                nll = _streamed_nll(model, all_ids, plan, config, progress)
+            else:
+                for start in range(0, len(plan), config.batch_size):
+                    nll += _batch_nll(model, all_ids, plan[start:start + config.batch_size], keep)
+                    if progress is not None:
+                        progress(min(start + config.batch_size, len(plan)), len(plan))
     finally:
         model.train(was_training)
 
     settings = {"context": config.context, "stride": config.stride, "batch_size": config.batch_size,
+                "kv": config.kv, "chunk": config.chunk if config.kv else None,
                 "windows": len(plan), "max_tokens": config.max_tokens,
                 "prefix": prefix[0] if prefix else None, "first_token_scored": prefix is not None,
                 "text_tokens": len(ids) - (prefix is not None),
@@ -157,6 +165,23 @@ def _batch_nll(model: Any, ids: Any, batch: list[tuple[int, int, int]], keep_arg
     losses = [F.cross_entropy(logits[row, -k:].float(), ids[e - k:e], reduction="none")
               for row, (_, e, k) in enumerate(batch)]
     return torch.cat(losses).double().sum().item()
+
+
+def _streamed_nll(model: Any, ids: Any, plan: list[tuple[int, int, int]], config: PerplexityConfig,
+                  progress: Progress | None) -> float:
+    """Summed NLL of the windows, each streamed chunk by chunk through a fresh cache of format `config.kv`:
+    later chunks read what the cache kept of earlier ones, as decode steps do."""
+    from transformers import DynamicCache
+
+    from ridgeline.kv import make_kv_cache, stream_losses
+
+    nll = 0.0
+    for i, (b, e, k) in enumerate(plan):
+        cache = make_kv_cache(config.kv, model) or DynamicCache(config=model.config)
+        nll += stream_losses(model, ids[None, b:e], cache, config.chunk)[-k:].sum().item()
+        if progress is not None:
+            progress(i + 1, len(plan))
+    return nll
 
 
 def _prefix(tokenizer: Any) -> tuple[str, int] | None:

@@ -36,9 +36,17 @@ class EvalConfig:
     num_fewshot: int = 0
     fewshot_files: dict[str, str] = field(default_factory=dict)
     cloze_items: int = 200
+    kv: str | None = None  # KV-cache format for ppl (each window streamed through the cache): kivi2, harmonia, ...
+    window: int | None = None  # sliding-window attention of W keys (the model converted, HF's window mask)
+    kv_heads: int | None = None  # GQA: K/V heads mean-pooled (or expanded) to this many, no uptraining
 
     def __post_init__(self) -> None:
         from ridgeline.eval.tasks import TASKS, task_spec
+
+        check_transforms(self.dtype, self.kv, self.window, self.kv_heads)
+        if self.kv is not None and set(self.tasks) - {"ppl"}:
+            raise RidgelineError(f"--kv {self.kv} applies to ppl, which streams each window through the cache; "
+                                 "cloze and multiple choice score short prompts in one forward pass")
 
         if not self.tasks:
             raise RidgelineError("no tasks given; expected ppl, cloze or a multiple-choice task")
@@ -66,7 +74,49 @@ class EvalConfig:
     @property
     def label(self) -> str:
         """The variant's row label."""
-        return self.variant or f"{self.model} {self.dtype}"
+        if self.variant:
+            return self.variant
+        parts = [f"{self.model} {self.dtype}"] + transform_labels(self.kv, self.window, self.kv_heads)
+        return " · ".join(parts)
+
+
+def transform_labels(kv: str | None, window: int | None, kv_heads: int | None) -> list[str]:
+    """How a run changed the KV cache, for row labels: 'KV kivi2 (emulated)', 'window 512', '1 KV heads'."""
+    from ridgeline.specs.formats import get_kv_format
+
+    # quantized caches dequantize in torch ops (no fused kernel on this CPU): say so wherever they appear
+    kv_label = [f"KV {kv}" + ("" if get_kv_format(kv).bulk.family == "float" else " (emulated)")] if kv else []
+    return kv_label + ([f"window {window}"] if window else []) + ([f"{kv_heads} KV heads"] if kv_heads else [])
+
+
+def check_transforms(dtype: str, kv: str | None, window: int | None, kv_heads: int | None) -> None:
+    """Refuse KV formats no cache can run, float KV formats other than the model's dtype, bad windows and heads."""
+    if kv is not None:
+        from ridgeline.kv import runnable_kv
+
+        fmt = runnable_kv(kv)
+        if fmt.hi is None and fmt.bulk.family == "float" and fmt.bulk.name != dtype:
+            raise RidgelineError(f"--kv {kv}: a float KV cache holds the model's dtype ({dtype}); use --dtype {kv}")
+        if window is not None and fmt.bulk.family != "float":
+            raise RidgelineError(f"--kv {kv} with --window {window}: the quantized caches hold full-attention layers "
+                                 "only; run them as separate variants")
+    if window is not None and (isinstance(window, bool) or window < 1):
+        raise RidgelineError(f"--window must be >= 1 key, got {window}")
+    if kv_heads is not None and kv_heads < 1:
+        raise RidgelineError(f"--kv-heads must be >= 1, got {kv_heads}")
+
+
+def apply_transforms(model: Any, window: int | None, kv_heads: int | None) -> Any:
+    """The model with its K/V heads pooled (GQA, in place) and/or converted to sliding-window attention."""
+    if kv_heads is not None:
+        from ridgeline.arch import pool_kv_heads
+
+        model = pool_kv_heads(model, kv_heads)
+    if window is not None:
+        from ridgeline.arch import to_sliding_window
+
+        model = to_sliding_window(model, window)
+    return model
 
 
 def _corpus_text(cfg: EvalConfig) -> tuple[str, dict]:
@@ -94,6 +144,7 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, progress
     t_load = time.perf_counter()
     if model is None:
         model, tokenizer = load_model(cfg.model, cfg.dtype)
+    model = apply_transforms(model, cfg.window, cfg.kv_heads)
     load_s = time.perf_counter() - t_load
     out: dict[str, Any] = {"kind": "ridgeline.eval", "variant": cfg.label, "config": _config_json(cfg),
                            "model": {"name": cfg.model, "params": _params(model), "weights": precision_label(model),
@@ -109,7 +160,7 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, progress
             from ridgeline.eval.perplexity import PerplexityConfig, perplexity
 
             pc = PerplexityConfig(context=cfg.context, stride=cfg.stride, batch_size=cfg.batch_size,
-                                  max_tokens=cfg.max_tokens)
+                                  max_tokens=cfg.max_tokens, kv=cfg.kv)
             result = perplexity(model, tokenizer, text, pc, progress=report).to_json()
         elif task == "cloze":
             from ridgeline.eval.cloze import build_cloze, evaluate_cloze

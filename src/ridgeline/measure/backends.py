@@ -35,23 +35,42 @@ class Runner(Protocol):
 
 
 class HFRunner:
-    """transformers' own forward with a DynamicCache: what `generate` runs, one token at a time."""
+    """transformers' own forward with a cache, one token at a time: a DynamicCache (what `generate` runs),
+    or the cache of a KV format (`kv`) or of a sliding-window model (a rolling buffer)."""
 
     impl = "transformers eager"
 
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.cache = None
+    def __init__(self, model: Any, kv: str | None = None) -> None:
+        self.model, self.kv = model, kv
+        self.cache, self.tokens = None, 0
+        if kv is not None or getattr(model.config, "sliding_window", None):
+            self.impl = f"transformers eager · {type(self._new_cache()).__name__}"
+
+    def _new_cache(self) -> Any:
+        """The run's cache: a KV format's (KIVI, Harmonia, BFP), a rolling buffer for windows, else dynamic."""
+        from transformers import DynamicCache
+
+        from ridgeline.kv import make_kv_cache
+
+        cache = make_kv_cache(self.kv, self.model)
+        if cache is None and getattr(self.model.config, "sliding_window", None):
+            from ridgeline.arch import RollingBufferCache
+
+            cache = RollingBufferCache.for_model(self.model)
+        return cache if cache is not None else DynamicCache(config=self.model.config)
 
     def prefill(self, prompt: Sequence[int]) -> int:
         """Fresh cache, one forward over the prompt, lm_head on the last position only."""
         import torch
-        from transformers import DynamicCache
 
-        self.cache = DynamicCache(config=self.model.config)
+        self.cache = self._new_cache()
+        window = getattr(self.model.config, "sliding_window", None) or len(prompt)
         with torch.inference_mode():
-            out = self.model(torch.tensor([list(prompt)]), past_key_values=self.cache, use_cache=True,
-                             logits_to_keep=1)
+            for s in range(0, len(prompt), window):  # a rolling buffer takes chunks of at most W tokens
+                chunk = list(prompt[s:s + window])
+                out = self.model(torch.tensor([chunk]), position_ids=torch.arange(s, s + len(chunk))[None],
+                                 past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        self.tokens = len(prompt)
         return int(out.logits[0, -1].argmax())
 
     def decode(self, token: int) -> int:
@@ -59,11 +78,13 @@ class HFRunner:
         import torch
 
         with torch.inference_mode():
-            out = self.model(torch.tensor([[token]]), past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+            out = self.model(torch.tensor([[token]]), position_ids=torch.tensor([[self.tokens]]),
+                             past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        self.tokens += 1
         return int(out.logits[0, -1].argmax())
 
     def cached(self) -> int:
-        """Sequence length of the DynamicCache."""
+        """Tokens the cache has seen (a rolling buffer holds only the last W of them)."""
         return int(self.cache.get_seq_length()) if self.cache is not None else 0
 
 

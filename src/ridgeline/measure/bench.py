@@ -37,6 +37,9 @@ class BenchConfig:
     layers: int | None = None
     impl: str = "auto"  # torch only: lean (ridgeline's static-cache path), hf (transformers forward), auto
     memory_limit: float | None = None  # bytes; refuse before loading above it (default: memory available)
+    kv: str | None = None  # torch: KV-cache format held by the cache (kivi2, harmonia, bfp32m4, ...); None: dtype
+    window: int | None = None  # torch: sliding-window attention with a rolling buffer of W keys
+    kv_heads: int | None = None  # torch: K/V heads mean-pooled (GQA) to this many before the run
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -54,12 +57,27 @@ class BenchConfig:
             raise RidgelineError(f"repeats must be >= 1 and warm-up >= 0, got {self.repeats} and {self.warmup}")
         if self.threads is not None and self.threads < 1:
             raise RidgelineError(f"threads must be >= 1, got {self.threads}")
+        if self.transformed:
+            from ridgeline.eval.run import check_transforms
+
+            if self.backend != "torch":
+                raise RidgelineError("--kv, --window and --kv-heads transform the torch model; llama.cpp runs the GGUF")
+            if self.impl == "lean":
+                raise RidgelineError("the lean decode path has a static float cache; --kv, --window and --kv-heads "
+                                     "run on --impl hf (or auto)")
+            check_transforms(self.dtype, self.kv, self.window, self.kv_heads)
+
+    @property
+    def transformed(self) -> bool:
+        """Whether the run changes what the KV cache holds (format, window, heads)."""
+        return self.kv is not None or self.window is not None or self.kv_heads is not None
 
     def to_json(self) -> dict:
         """Every parameter, for the record."""
         return {"model": self.model, "backend": self.backend, "impl": self.impl, "dtype": self.dtype,
                 "scenario": self.scenario.to_json(), "threads": self.threads, "repeats": self.repeats,
-                "warmup": self.warmup, "layers": self.layers, "memory_limit": self.memory_limit}
+                "warmup": self.warmup, "layers": self.layers, "memory_limit": self.memory_limit, "kv": self.kv,
+                "window": self.window, "kv_heads": self.kv_heads}
 
 
 @dataclass(frozen=True)
@@ -197,9 +215,18 @@ def predicted_workload(cfg: BenchConfig):
     spec = load_spec(source.location)
     if cfg.layers is not None and cfg.backend == "torch":
         spec = spec.with_layers(cfg.layers)
-    prec = (Precision(cfg.dtype, cfg.dtype, cfg.dtype) if cfg.backend == "torch"
+    if cfg.window is not None:
+        spec = spec.with_window(cfg.window)
+    if cfg.kv_heads is not None:
+        spec = spec.with_kv_heads(cfg.kv_heads)
+    prec = (Precision(cfg.dtype, cfg.dtype, _kv_format(cfg)) if cfg.backend == "torch"
             else Precision("stored", "fp32", "fp16"))
     return build_workload(spec, cfg.scenario, prec)
+
+
+def _kv_format(cfg: BenchConfig) -> str:
+    """The KV format a torch run holds: --kv, else the dtype (the model's own cache)."""
+    return cfg.kv or cfg.dtype
 
 
 def check_memory(cfg: BenchConfig) -> None:
@@ -242,12 +269,18 @@ def load_runner(cfg: BenchConfig, max_len: int) -> Loaded:
     t0 = time.perf_counter()
     if cfg.backend == "torch":
         model, tok = load_model(cfg.model, cfg.dtype, layers=cfg.layers)
+        if cfg.transformed:
+            from ridgeline.eval.run import apply_transforms
+
+            source = model.ridgeline_source
+            model = apply_transforms(model, cfg.window, cfg.kv_heads)  # SWA returns a new (Mistral) model
+            model.ridgeline_source = source
         limit = getattr(model.config, "max_position_embeddings", None)
         if limit is not None and max_len - 1 > limit:
             raise RidgelineError(f"{cfg.scenario.label} needs {max_len - 1} positions; the model's context limit "
                                  f"(max_position_embeddings) is {limit}")
         runner = None
-        if cfg.impl in ("auto", "lean"):
+        if cfg.impl in ("auto", "lean") and not cfg.transformed:
             try:
                 runner = LeanRunner(model, max_len)
             except RidgelineError:
@@ -260,7 +293,7 @@ def load_runner(cfg: BenchConfig, max_len: int) -> Loaded:
         quant = bench_info(model)
         if quant:
             model_config["ridgeline_quant"] = quant
-        return Loaded(runner or HFRunner(model), lambda text: tok(text, add_special_tokens=False).input_ids,
+        return Loaded(runner or HFRunner(model, cfg.kv), lambda text: tok(text, add_special_tokens=False).input_ids,
                       src.name, src.location, str(src.gguf) if src.gguf else None, model_config,
                       time.perf_counter() - t0, lambda: None, max_len)
     src = _source(cfg)

@@ -87,11 +87,11 @@ def record_precision(record: BenchRecord) -> Precision:
     """Formats the run actually used: torch dtype everywhere; llama.cpp: GGUF types, fp32 activations,
     f16 KV, and the int8 roof for quantized weights (its CPU kernels use integer dot products)."""
     if record.config.backend == "torch":
-        d = record.config.dtype
+        d, kv = record.config.dtype, record.config.kv or record.config.dtype
         quant = record.model_config.get("ridgeline_quant")
         if quant:  # quantized: stored formats per tensor; W8A8 (_int_mm) computes on the int8 roof
-            return Precision("stored", d, d, compute="int8" if "_int_mm" in quant["kernels"] else d)
-        return Precision(d, d, d)
+            return Precision("stored", d, kv, compute="int8" if "_int_mm" in quant["kernels"] else d)
+        return Precision(d, d, kv)
     from ridgeline.specs.gguf_model import spec_from_gguf
 
     types = {t.ggml_type for t in spec_from_gguf(record.gguf).gguf_tensors if len(t.shape) > 1}

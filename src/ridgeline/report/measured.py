@@ -18,10 +18,13 @@ def run_label(r: dict) -> str:
     p = r["params"]
     if p["backend"] == "llamacpp":
         return f"llama.cpp {r.get('weights', '').upper()}".strip()
+    from ridgeline.eval.run import transform_labels
+
     weights = r.get("weights", p["dtype"])
     label = f"torch{'-hf' if r['impl'].startswith('transformers') else ''} {p['dtype']}"
     # a quantized model: its weight precision (method, format, kernel or "emulated") after the activations' dtype
-    return label if weights == p["dtype"] else f"{label} · {weights}"
+    parts = [label] + ([] if weights == p["dtype"] else [weights])
+    return " · ".join(parts + transform_labels(p.get("kv"), p.get("window"), p.get("kv_heads")))
 
 
 def _roof(r: dict, role: str) -> dict | None:

@@ -1,1 +1,5 @@
-"""Training loops: uptraining after architecture transforms."""
+"""Training loops: uptraining after architecture transforms (AdamW or Muon)."""
+
+from ridgeline.train.uptrain import UptrainConfig, UptrainResult, uptrain
+
+__all__ = ["UptrainConfig", "UptrainResult", "uptrain"]
