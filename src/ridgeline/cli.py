@@ -728,14 +728,8 @@ def serve_bench(
     if result.interrupted:
         err_console.print("interrupted: the record holds the requests finished so far")
     if plot_stem is not None and placed:
-        from ridgeline.report.plot import Point, Roof, plot_roofline
-
-        roofs = [Roof(f"{dev.name} {dtype}", dev.bandwidth_Bps, dev.peak_flops.get(dtype) or max(dev.peak_flops.values()))]
-        points = [Point(f"B={p['batch']}", p["intensity"], p["flops"] / p["predicted_step_s"], "analytic decode (analyze --batch B)")
-                  for p in placed]
-        points += [Point(f"B={p['batch']}", p["intensity"], p["achieved_flops"], f"measured engine {dtype}") for p in placed]
         with _writing(plot_stem):
-            for p in plot_roofline(roofs, points, plot_stem, title=f"{model}: engine decode steps by batch size"):
+            for p in _serve_plot(placed, dev, dtype, plot_stem, model):
                 (err_console if as_json else console).print(f"wrote {escape(str(p))}", highlight=False)
 
 
@@ -1014,7 +1008,7 @@ def demo(
     llamacpp: bool = typer.Option(True, "--llamacpp/--no-llamacpp", help="include the llama.cpp backend"),
 ) -> None:
     """The main job on the bundled model: probe → analyze → bench (torch fp32/bf16, llama.cpp) → int8/int4 quantization
-    → quality → HTML."""
+    → quality (KV formats too) → serving (paged KV, continuous batching) → HTML."""
     import torch
 
     import shutil
@@ -1107,17 +1101,25 @@ def demo(
     console.rule("5. quality: held-out perplexity and cloze per variant")
     quality = []
     with _progress("eval") as report:
-        evals = [("smollm2-135m", d, "") for d in ("fp32", "bf16")] + \
-                [(str(quant_dir / name), "bf16", name) for name in variants]
-        for model_name, d, variant in evals:
-            cfg = EvalConfig(model_name, ("ppl", "cloze"), dtype=d, variant=variant, context=512, stride=256,
-                             max_tokens=4096, cloze_items=50, batch_size=4)
+        evals = [("smollm2-135m", d, "", None) for d in ("fp32", "bf16")] + \
+                [(str(quant_dir / name), "bf16", name, None) for name in variants] + \
+                [("smollm2-135m", "fp32", "", kv) for kv in ("kivi4", "kivi2", "harmonia")]
+        for model_name, d, variant, kv in evals:
+            cfg = EvalConfig(model_name, ("ppl",) if kv else ("ppl", "cloze"), dtype=d, variant=variant, context=512,
+                             stride=256, max_tokens=4096, cloze_items=50, batch_size=4, kv=kv)
             quality.append(run_eval(cfg, progress=lambda what, i, n, v=cfg.label: report(f"{v} {what}", i, n)))
     shutil.rmtree(quant_dir, ignore_errors=True)
     console.print(quality_table(quality_rows(quality)))
     results = results + quantized
 
-    console.rule("6. results")
+    console.rule("6. serve: 8 requests (Poisson arrivals) through the paged-KV continuous-batching engine")
+    serve_record, serve_plot = _demo_serve(out)
+    from ridgeline.report.tables import serve_tables
+
+    for t in serve_tables(serve_record):
+        console.print(t)
+
+    console.rule("7. results")
     with _writing(out):
         payload = {"kind": "ridgeline.bench.results", "results": results, "depth_sweep": depth, "thread_sweep": thread}
         write_json(out / "bench.json", _finite(payload))
@@ -1134,6 +1136,8 @@ def demo(
                   for p in depth_plot if p.name.startswith("depth_layers") and p.suffix == ".svg"]
         plots += [(p, "Thread sweep: decode tok/s, measured and predicted")
                   for p in thread_plot if p.name.startswith("threads_threads") and p.suffix == ".svg"]
+        plots += [(p, "Serving: the engine's decode-only steps by batch size (measured) beside analyze --batch B")
+                  for p in serve_plot if p.suffix == ".svg"]
         report = summary_report(
             f"ridgeline demo: {spec.name} on {local.name}", probe_result.to_json(),
             [prediction_json(p) for p in predictions], results + depth + thread, plots, quality=quality,
@@ -1141,8 +1145,55 @@ def demo(
                    "then N decode steps on the same cache; greedy, EOS ignored. Φ is against the probe's measured "
                    "roof; the catalogue roof is this host's catalogue entry."])
         write_text(out / "report.html", report.render())
-    console.print(f"results in {escape(str(out))}/: report.html, bench.json, bench.csv, quality.json, probe.json, analyze.json, "
-                  "roofline*.png/.svg, depth_layers.png/.svg, threads_threads.png/.svg", highlight=False)
+    console.print(f"results in {escape(str(out))}/: report.html, bench.json, bench.csv, quality.json, serve.json, probe.json, "
+                  "analyze.json, roofline*.png/.svg, serve_roofline.png/.svg, depth_layers.png/.svg, "
+                  "threads_threads.png/.svg", highlight=False)
+
+
+def _demo_serve(out: Path) -> tuple[dict, list[Path]]:
+    """A small serve-bench on the bundled model: replay, placement on the local roof, serve.json and a plot."""
+    from ridgeline.engine import Engine, EngineConfig, replay, synthetic_trace
+    from ridgeline.engine.serve import decode_points, place_decode_points, serve_record
+    from ridgeline.engine.trace import prompt_tokens
+    from ridgeline.io import write_json
+    from ridgeline.loader import load_model
+    from ridgeline.measure.bench import prompt_text
+    from ridgeline.specs.device import get_device
+    from ridgeline.specs.model import load_spec
+    from ridgeline.specs.scenario import Precision
+
+    trace = synthetic_trace(8, 1.0, (32, 256), (16, 48), seed=0)
+    model, tok = load_model("smollm2-135m", "fp32")
+    encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]
+    corpus = encode(prompt_text())
+    prompts = [prompt_tokens(r, encode, corpus, offset=97 * i) for i, r in enumerate(trace)]
+    config = EngineConfig()
+    with _progress("serving") as report:
+        result = replay(Engine(model, config), trace, prompts, lambda d, t: report("finished", d, t))
+    local = get_device("local")
+    placed = place_decode_points(decode_points(result.steps), load_spec("smollm2-135m"),
+                                 Precision("fp32", "fp32", "fp32"), local)
+    record = _finite(serve_record(result, config, "smollm2-135m", "fp32",
+                                  {"synthetic": 8, "rate": 1.0, "prompt_len": [32, 256], "output_len": [16, 48],
+                                   "seed": 0}, placed))
+    with _writing(out):
+        write_json(out / "serve.json", record)
+        paths = _serve_plot(placed, local, "fp32", out / "serve_roofline", "smollm2-135m")
+    return record, paths
+
+
+def _serve_plot(placed: list[dict], dev: Any, dtype: str, stem: Path, model: str) -> list[Path]:
+    """Measured engine decode steps and the analytic batch-decode points on the device roofline."""
+    from ridgeline.report.plot import Point, Roof, plot_roofline
+
+    if not placed:
+        return []
+    roofs = [Roof(f"{dev.name} {dtype}", dev.bandwidth_Bps, dev.peak_flops.get(dtype) or max(dev.peak_flops.values()))]
+    points = [Point(f"B={p['batch']}", p["intensity"], p["flops"] / p["predicted_step_s"],
+                    "analytic decode (analyze --batch B)") for p in placed]
+    points += [Point(f"B={p['batch']}", p["intensity"], p["achieved_flops"], f"measured engine {dtype}")
+               for p in placed]
+    return plot_roofline(roofs, points, stem, title=f"{model}: engine decode steps by batch size")
 
 
 def main() -> None:
