@@ -118,8 +118,9 @@ class BlockManager:
             else:
                 self.free_ids.append(b)
 
-    def allocate(self, seq_id: int, tokens: Sequence[int]) -> int:
-        """Give a new sequence blocks for its prompt; returns how many leading tokens the prefix cache holds."""
+    def allocate(self, seq_id: int, tokens: Sequence[int], slots: int | None = None) -> int:
+        """Give a new sequence blocks for its first `slots` tokens (default: the whole prompt), after the leading
+        full blocks the prefix cache already holds; returns how many tokens those hold."""
         if seq_id in self.seqs:
             raise RidgelineError(f"sequence {seq_id} already has blocks")
         if self.can_allocate(len(tokens)) is not AllocStatus.OK:
@@ -143,7 +144,7 @@ class BlockManager:
                 parent = h
         cached = len(s.table) * self.block_size
         s.slots = cached
-        self.append_slots(seq_id, len(tokens))
+        self.append_slots(seq_id, max(cached, len(tokens) if slots is None else slots))
         return cached
 
     def append_slots(self, seq_id: int, tokens: int) -> list[tuple[int, int]]:

@@ -230,9 +230,12 @@ class Engine:
             if self.blocks.can_allocate(len(seq.tokens)) is not AllocStatus.OK:
                 break
             self.waiting.popleft()
-            seq.computed = self.blocks.allocate(seq.seq_id, seq.tokens)
-            self.running.append(seq)
+            # admitted when the whole prompt fits, but blocks are taken only for this step's chunk: the rest
+            # of a long prompt is allocated chunk by chunk, so reserved-but-empty slots are never held
+            seq.computed = self.blocks.allocate(seq.seq_id, seq.tokens, slots=0)
             n = min(len(seq.tokens) - seq.computed, budget)
+            copies += self.blocks.append_slots(seq.seq_id, seq.computed + n)
+            self.running.append(seq)
             plan.append((seq, n))
             budget -= n
         return plan, copies, preempted
