@@ -2,18 +2,21 @@
 (the `generate_batch` manager) vs sequential `generate`, on one synthetic trace, in one run.
 
 All three serve the same requests (same prompts, same per-request output lengths, EOS ignored so every
-system does the same work) queued at once: throughput = generated tokens / wall time. Then the engine
+system does the same work) queued at once: throughput = generated tokens / wall time, after a warm-up,
+over `--repeats` rounds (engine and generate_batch alternate within a round; sequential generate, the
+slow baseline, runs `--seq-repeats` times); median, min and max are reported. Then the engine
 replays the trace in real time (Poisson arrivals) for TTFT / inter-token latency percentiles, KV memory
 in use and waste. Greedy outputs of the three systems are compared token for token.
 
 Targets (benchmark, not test): engine throughput >= generate_batch; KV waste < 4 %.
 Writes benchmarks/results/serve.json.
-Run: .venv/bin/python benchmarks/serve.py [--requests 24] [--rate 0.5] [--dtype fp32]
+Run: .venv/bin/python benchmarks/serve.py [--requests 24] [--rate 0.5] [--dtype fp32] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -97,6 +100,8 @@ def main() -> None:
     ap.add_argument("--num-blocks", type=int, default=1024)
     ap.add_argument("--max-batched-tokens", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of engine and generate_batch")
+    ap.add_argument("--seq-repeats", type=int, default=1, help="rounds of sequential generate")
     ap.add_argument("--device", default="local", help="roofline for the decode steps ('' to skip)")
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args()
@@ -118,19 +123,29 @@ def main() -> None:
     run_engine(model, prompts[:2], warm, config, realtime=False)
     run_generate_batch(model, prompts[:2], warm, a.block_size, a.num_blocks, a.max_batched_tokens)
 
+    times: dict[str, list[float]] = {"engine": [], "generate_batch": [], "sequential_generate": []}
+    for i in range(max(a.repeats, a.seq_repeats)):
+        if i < a.repeats:
+            print(f"round {i + 1}: engine (offline) ...", file=sys.stderr)
+            t0 = time.perf_counter()
+            eng_summary, eng_out, _ = run_engine(model, prompts, trace, config, realtime=False)
+            times["engine"].append(time.perf_counter() - t0)
+            print(f"round {i + 1}: transformers generate_batch ...", file=sys.stderr)
+            gb_s, gb_out = run_generate_batch(model, prompts, trace, a.block_size, a.num_blocks, a.max_batched_tokens)
+            times["generate_batch"].append(gb_s)
+        if i < a.seq_repeats:
+            print(f"round {i + 1}: sequential generate ...", file=sys.stderr)
+            seq_s, seq_out = run_sequential(model, prompts, trace)
+            times["sequential_generate"].append(seq_s)
+    produced = {"engine": sum(map(len, eng_out)), "generate_batch": sum(map(len, gb_out)),
+                "sequential_generate": sum(map(len, seq_out))}
     rows = {}
-    print("engine (offline) ...", file=sys.stderr)
-    t0 = time.perf_counter()
-    eng_summary, eng_out, _ = run_engine(model, prompts, trace, config, realtime=False)
-    rows["engine"] = {"seconds": time.perf_counter() - t0, **eng_summary}
-    print("transformers generate_batch ...", file=sys.stderr)
-    gb_s, gb_out = run_generate_batch(model, prompts, trace, a.block_size, a.num_blocks, a.max_batched_tokens)
-    rows["generate_batch"] = {"seconds": gb_s, "output_tokens": sum(map(len, gb_out))}
-    print("sequential generate ...", file=sys.stderr)
-    seq_s, seq_out = run_sequential(model, prompts, trace)
-    rows["sequential_generate"] = {"seconds": seq_s, "output_tokens": sum(map(len, seq_out))}
-    for r in rows.values():
-        r["throughput_tokens_per_s"] = r["output_tokens"] / r["seconds"]
+    for k, ts in times.items():
+        tput = sorted(produced[k] / t for t in ts)
+        rows[k] = {"seconds": statistics.median(ts), "seconds_samples": ts, "output_tokens": produced[k],
+                   "throughput_tokens_per_s": statistics.median(tput), "throughput_min": tput[0],
+                   "throughput_max": tput[-1], "repeats": len(ts)}
+    rows["engine"]["last_run"] = eng_summary
     print("engine (real-time replay) ...", file=sys.stderr)
     rt_summary, _, rt_result = run_engine(model, prompts, trace, config, realtime=True)
     points = decode_points(rt_result.steps)
@@ -152,14 +167,17 @@ def main() -> None:
         "engine_vs_sequential": eng / rows["sequential_generate"]["throughput_tokens_per_s"],
         "outputs": {"engine_vs_sequential": agreement(eng_out, seq_out),
                     "generate_batch_vs_sequential": agreement(gb_out, seq_out)},
+        "repeats": {"engine_and_generate_batch": a.repeats, "sequential_generate": a.seq_repeats, "warmup": 1},
         "realtime_replay": rt_summary,
         "decode_steps_on_roofline": points,
         "targets": {"engine_throughput_ge_generate_batch": eng >= gb,
                     "kv_waste_below_4pct": rt_summary["kv_waste"] < 0.04 and eng_summary["kv_waste"] < 0.04},
+        "kv_waste": {"offline": eng_summary["kv_waste"], "realtime": rt_summary["kv_waste"]},
     }
     write_json(a.out, record)
     for k, r in rows.items():
-        print(f"{k:22s} {r['throughput_tokens_per_s']:7.1f} tok/s  ({r['seconds']:.1f} s)")
+        print(f"{k:22s} {r['throughput_tokens_per_s']:7.1f} tok/s ({r['throughput_min']:.1f}-{r['throughput_max']:.1f}, "
+              f"{r['repeats']} runs, median {r['seconds']:.1f} s)")
     print(f"engine / generate_batch = {eng / gb:.2f}x; waste offline {eng_summary['kv_waste']:.2%}, "
           f"real-time {rt_summary['kv_waste']:.2%}; wrote {a.out}")
 
