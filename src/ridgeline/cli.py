@@ -700,7 +700,7 @@ def serve_bench(
     prompts = [prompt_tokens(r, encode, corpus, offset=97 * i) for i, r in enumerate(trace)]
     engine = Engine(lm, config)
     for i, (r, p) in enumerate(zip(trace, prompts)):  # refuse the whole trace before running any of it
-        engine.check_request(p, r.params(), r.request_id or f"line {i + 1}")
+        engine.check_request(p, r.params(), f"request {r.request_id or i + 1}")
     with _progress("serving requests") as report:
         result = replay(engine, trace, prompts, lambda done, total: report("finished", done, total),
                         realtime=not offline)
