@@ -61,7 +61,7 @@ class EngineConfig:
 
 
 @dataclass
-class Sequence_:
+class SeqState:
     """One sequence: its tokens (prompt + generated), how many have KV in the cache, and its timeline."""
 
     seq_id: int
@@ -144,9 +144,9 @@ class Engine:
         if eos is None:
             eos = getattr(cfg, "eos_token_id", None)
         self.eos = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
-        self.waiting: deque[Sequence_] = deque()
-        self.running: list[Sequence_] = []
-        self.finished: dict[str, list[Sequence_]] = {}
+        self.waiting: deque[SeqState] = deque()
+        self.running: list[SeqState] = []
+        self.finished: dict[str, list[SeqState]] = {}
         self.pending: dict[str, int] = {}  # request id -> samples not yet finished
         self.prompts: dict[str, tuple[int, ...]] = {}
         self.stats: list[StepStats] = []
@@ -185,7 +185,7 @@ class Engine:
         if params.temperature > 0:
             gen = torch.Generator().manual_seed(params.seed if params.seed is not None else
                                                 int(torch.randint(0, 2**62, (1,)).item()))
-        seq = Sequence_(next(self._ids), rid, 0, params, prompt, len(prompt),
+        seq = SeqState(next(self._ids), rid, 0, params, prompt, len(prompt),
                         time.perf_counter() if arrival is None else arrival, gen)
         self.waiting.append(seq)
         self.pending[rid] = params.n
@@ -198,14 +198,14 @@ class Engine:
 
     # -- scheduling ------------------------------------------------------------------------------
 
-    def _preempt(self, seq: Sequence_) -> None:
+    def _preempt(self, seq: SeqState) -> None:
         self.blocks.free(seq.seq_id)
         self.running.remove(seq)
         seq.computed = 0
         self.waiting.appendleft(seq)  # recomputed first: it arrived before everything still waiting
         self.preemptions += 1
 
-    def _schedule(self) -> tuple[list[tuple[Sequence_, int]], list[tuple[int, int]], int]:
+    def _schedule(self) -> tuple[list[tuple[SeqState, int]], list[tuple[int, int]], int]:
         """Pick (sequence, new tokens) pairs under the budget; returns them, block copies and preemptions."""
         budget, plan, copies, preempted = self.config.max_batched_tokens, [], [], 0
         for seq in list(self.running):
@@ -240,7 +240,7 @@ class Engine:
             budget -= n
         return plan, copies, preempted
 
-    def _layout(self, plan: list[tuple[Sequence_, int]]) -> tuple[list[int], list[int], StepLayout]:
+    def _layout(self, plan: list[tuple[SeqState, int]]) -> tuple[list[int], list[int], StepLayout]:
         ids, pos, write, prefills, dec_rows, dec_slots = [], [], [], [], [], []
         for seq, n in plan:
             start, c = len(ids), seq.computed
@@ -295,7 +295,7 @@ class Engine:
         self._record(plan, layout, time.perf_counter() - t0, preempted)
         return outputs
 
-    def _sample(self, seqs: list[Sequence_], logits: torch.Tensor) -> list[RequestOutput]:
+    def _sample(self, seqs: list[SeqState], logits: torch.Tensor) -> list[RequestOutput]:
         outputs, now = [], time.perf_counter()
         for seq, row in zip(seqs, logits):
             family = [seq]
@@ -311,25 +311,25 @@ class Engine:
                 outputs.append(RequestOutput(s.request_id, s.index, (tok,), reason))
         return outputs
 
-    def _fork(self, parent: Sequence_) -> list[Sequence_]:
+    def _fork(self, parent: SeqState) -> list[SeqState]:
         children = []
         for i in range(1, parent.params.n):
             gen = None
             if parent.generator is not None:
                 gen = torch.Generator().manual_seed(parent.generator.initial_seed() + i)
-            child = Sequence_(next(self._ids), parent.request_id, i, parent.params, list(parent.tokens),
+            child = SeqState(next(self._ids), parent.request_id, i, parent.params, list(parent.tokens),
                               parent.prompt_len, parent.arrival, gen, parent.computed)
             self.blocks.fork(parent.seq_id, child.seq_id)
             self.running.append(child)
             children.append(child)
         return children
 
-    def _stop_reason(self, seq: Sequence_, tok: int) -> str | None:
+    def _stop_reason(self, seq: SeqState, tok: int) -> str | None:
         if tok in seq.params.stop_token_ids or (tok in self.eos and not seq.params.ignore_eos):
             return "stop"
         return "length" if len(seq.output) >= seq.params.max_tokens else None
 
-    def _finish(self, seq: Sequence_, reason: str) -> None:
+    def _finish(self, seq: SeqState, reason: str) -> None:
         seq.finish_reason = reason
         self.blocks.free(seq.seq_id)
         self.running.remove(seq)
