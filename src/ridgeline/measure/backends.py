@@ -40,20 +40,21 @@ class HFRunner:
 
     impl = "transformers eager"
 
-    def __init__(self, model: Any, kv: str | None = None) -> None:
-        self.model, self.kv = model, kv
+    def __init__(self, model: Any, kv: str | None = None, rolling: bool = False) -> None:
+        self.model, self.kv, self.rolling = model, kv, rolling
         self.cache, self.tokens = None, 0
-        if kv is not None or getattr(model.config, "sliding_window", None):
+        if kv is not None or rolling:
             self.impl = f"transformers eager · {type(self._new_cache()).__name__}"
 
     def _new_cache(self) -> Any:
-        """The run's cache: a KV format's (KIVI, Harmonia, BFP), a rolling buffer for windows, else dynamic."""
+        """The run's cache: a KV format's (KIVI, Harmonia, BFP), a rolling buffer for a window the run set, else
+        dynamic (which also handles a model's own sliding-window layers)."""
         from transformers import DynamicCache
 
         from ridgeline.kv import make_kv_cache
 
         cache = make_kv_cache(self.kv, self.model)
-        if cache is None and getattr(self.model.config, "sliding_window", None):
+        if cache is None and self.rolling:
             from ridgeline.arch import RollingBufferCache
 
             cache = RollingBufferCache.for_model(self.model)
@@ -64,7 +65,7 @@ class HFRunner:
         import torch
 
         self.cache = self._new_cache()
-        window = getattr(self.model.config, "sliding_window", None) or len(prompt)
+        window = (self.model.config.sliding_window if self.rolling else None) or len(prompt)
         with torch.inference_mode():
             for s in range(0, len(prompt), window):  # a rolling buffer takes chunks of at most W tokens
                 chunk = list(prompt[s:s + window])

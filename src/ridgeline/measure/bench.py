@@ -293,7 +293,7 @@ def load_runner(cfg: BenchConfig, max_len: int) -> Loaded:
         quant = bench_info(model)
         if quant:
             model_config["ridgeline_quant"] = quant
-        return Loaded(runner or HFRunner(model, cfg.kv), lambda text: tok(text, add_special_tokens=False).input_ids,
+        return Loaded(runner or HFRunner(model, cfg.kv, rolling=cfg.window is not None), lambda text: tok(text, add_special_tokens=False).input_ids,
                       src.name, src.location, str(src.gguf) if src.gguf else None, model_config,
                       time.perf_counter() - t0, lambda: None, max_len)
     src = _source(cfg)
