@@ -139,6 +139,10 @@ class Engine:
                                   config.block_size, dtype)
         self.blocks = BlockManager(config.num_blocks, config.block_size, config.watermark, config.prefix_caching)
         self.window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
+        types = set(getattr(cfg, "layer_types", None) or [])
+        if self.window and len(types) > 1:  # one window for every layer is all the paged attention masks
+            raise RidgelineError(f"the engine serves models whose attention layers share one window; this one mixes "
+                                 f"{', '.join(sorted(types))} layers")
         self.max_len = getattr(cfg, "max_position_embeddings", None)
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         if eos is None:
