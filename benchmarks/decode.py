@@ -22,12 +22,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_info  # noqa: E402
 
 from ridgeline.io import write_json  # noqa: E402
-from ridgeline.measure.backends import llama_cpp_available  # noqa: E402
-from ridgeline.measure.bench import BenchConfig, load_runner, run_bench  # noqa: E402
-from ridgeline.measure.phi import place, result_json  # noqa: E402
-from ridgeline.measure.probe import probe, probe_device, torch_threads  # noqa: E402
-from ridgeline.specs.device import host_device  # noqa: E402
-from ridgeline.specs.scenario import parse_scenario  # noqa: E402
+from ridgeline.measure import (BenchConfig, BenchGrid, Roofs, flat_rows, llama_cpp_available, load_runner,  # noqa: E402
+                               probe, probe_device, resolve_roofs, run_grid, torch_threads)
+from ridgeline.specs import parse_scenario  # noqa: E402
 
 MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::_int_mm")
 ATTENTION = ("scaled_dot_product", "flash_attention", "aten::_efficient_attention", "aten::softmax")
@@ -82,45 +79,37 @@ def main() -> None:
     t0 = time.perf_counter()
     roofs = probe(threads=threads, array_mib=512, repeats=7)
     local = probe_device(roofs, "probe-this-run")
-    import os
-
-    from ridgeline.measure.stats import cpu_model
-
-    catalogue_roof = host_device(cpu_model(), os.cpu_count())
-    configs = [BenchConfig("smollm2-135m", "torch", sc, "fp32", threads, args.repeats, 1),
-               BenchConfig("smollm2-135m", "torch", sc, "bf16", threads, args.repeats, 1),
-               BenchConfig("smollm2-135m", "torch", sc, "bf16", threads, max(2, args.repeats // 2), 1, impl="hf")]
+    placement = Roofs(local, resolve_roofs("local", "auto").catalogue)
+    grids = [BenchGrid(scenarios=[sc], dtypes=["fp32", "bf16"], threads=[threads], repeats=args.repeats),
+             BenchGrid(scenarios=[sc], dtypes=["bf16"], threads=[threads], repeats=max(2, args.repeats // 2), impl="hf")]
     if llama_cpp_available():
-        configs.append(BenchConfig("smollm2-135m", "llamacpp", sc, "stored", threads, args.repeats, 1))
+        grids.append(BenchGrid(backends=["llamacpp"], scenarios=[sc], threads=[threads], repeats=args.repeats))
+    records = [r for g in grids for r in run_grid(g, placement)]
     runs = []
-    for cfg in configs:
-        rec = run_bench(cfg)
-        placed = [place(rec, local, "probe")] + ([place(rec, catalogue_roof, "catalogue")] if catalogue_roof else [])
-        res = result_json(rec, placed)
-        d = placed[0].decode
+    for res, row in zip(records, flat_rows(records)):
         n = sc.generate
-        bytes_per_token = d.bytes / n
-        row = {"run": f"{cfg.backend} {res['weights']} ({rec.impl})",
-               "decode_tokens_per_s": res["summary"]["decode_tokens_per_s"],
-               "phi_decode_probe": d.phi.median, "phi_decode_probe_min_max": [d.phi.min, d.phi.max],
-               "bandwidth_utilisation": d.bandwidth_utilisation.median,
-               "decode_bytes_per_token": bytes_per_token,
-               "bound_tokens_per_s": local.bandwidth_Bps / bytes_per_token,
-               "predicted_s_per_token": d.predicted_s / n,
-               "measured_s_per_token": d.measured_s.median / n,
-               "prediction_error": d.prediction_error,
-               "phi_prefill_probe": placed[0].prefill.phi.median,
-               "phi_above_1": list(d.flags) + list(placed[0].prefill.flags)}
-        if catalogue_roof:
-            row["phi_decode_catalogue"] = placed[1].decode.phi.median
-        runs.append({"summary": row, "record": res})
-        print(f"{row['run']}: {row['decode_tokens_per_s']['median']:.1f} tok/s, Φ decode {row['phi_decode_probe']:.2f}"
-              f" (bound {row['bound_tokens_per_s']:.0f} tok/s), prediction error {row['prediction_error']:.0%}")
+        summary = {"run": f"{row['run']} ({row['impl']})",
+                   "decode_tokens_per_s": res["summary"]["decode_tokens_per_s"],
+                   "phi_decode_probe": row["phi_decode_probe"],
+                   "bandwidth_utilisation": row["bw_util_decode_probe"],
+                   "decode_bytes_per_token": row["decode_bytes_per_token"],
+                   "bound_tokens_per_s": local.bandwidth_Bps / row["decode_bytes_per_token"],
+                   "predicted_s_per_token": row["predicted_decode_s_per_token_probe"],
+                   "measured_s_per_token": row["decode_s_per_token"],
+                   "prediction_error": row["decode_error_probe"],
+                   "phi_prefill_probe": row["phi_prefill_probe"],
+                   "phi_decode_catalogue": row.get("phi_decode_catalogue"),
+                   "phi_above_1": [f for f in (row["flags_prefill_probe"], row["flags_decode_probe"]) if f]}
+        runs.append({"summary": summary, "record": res})
+        print(f"{summary['run']}: {summary['decode_tokens_per_s']['median']:.1f} tok/s, Φ decode "
+              f"{summary['phi_decode_probe']:.2f} (bound {summary['bound_tokens_per_s']:.0f} tok/s), prediction error "
+              f"{summary['prediction_error']:.0%} over {n} tokens")
     after = probe(threads=threads, array_mib=512, repeats=7)  # the roofs drift on a shared VM: say how much
     drift = {"read_Bps_before": roofs.read_bandwidth, "read_Bps_after": after.read_bandwidth,
              "gemv_bf16_Bps_before": roofs.gemv["bf16"].max, "gemv_bf16_Bps_after": after.gemv["bf16"].max}
     print(f"read roof {roofs.read_bandwidth / 1e9:.1f} GB/s before the runs, {after.read_bandwidth / 1e9:.1f} after")
-    profiles = [profile_decode(BenchConfig("smollm2-135m", "torch", sc, "bf16", threads, impl=i)) for i in ("lean", "hf")]
+    profiles = [profile_decode(BenchConfig("smollm2-135m", "torch", sc, "bf16", threads=threads, impl=i))
+                for i in ("lean", "hf")]
     for p in profiles:
         print(f"profile {p['impl']}: wall {p['wall_s_per_step'] * 1e3:.2f} ms/step; "
               + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in p["self_cpu_s_per_step"].items())
@@ -129,7 +118,8 @@ def main() -> None:
     record = {
         "benchmark": "decode", "model": "smollm2-135m (bundled SmolLM2-135M-Instruct Q4_1 GGUF)",
         "scenario": sc.to_json(), "threads": threads, "repeats": args.repeats,
-        "probe": roofs.to_json(), "roof_drift": drift, "catalogue_roof": catalogue_roof.id if catalogue_roof else None,
+        "probe": roofs.to_json(), "roof_drift": drift,
+        "catalogue_roof": placement.catalogue.id if placement.catalogue else None,
         "runs": [r["summary"] for r in runs], "profiles": profiles,
         "target": {"torch_bf16_phi_decode_probe": 0.7, "measured": bf16["phi_decode_probe"],
                    "met": bf16["phi_decode_probe"] >= 0.7},

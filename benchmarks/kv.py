@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import machine_info  # noqa: E402
 
-from ridgeline.eval.corpus import corpus_info, load_corpus  # noqa: E402
+from ridgeline.corpus import corpus_info, load_corpus  # noqa: E402
 from ridgeline.io import write_json  # noqa: E402
 from ridgeline.loader import load_model  # noqa: E402
 

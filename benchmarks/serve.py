@@ -31,7 +31,7 @@ from ridgeline.engine.serve import decode_points, place_decode_points  # noqa: E
 from ridgeline.engine.trace import prompt_tokens  # noqa: E402
 from ridgeline.io import write_json  # noqa: E402
 from ridgeline.loader import load_model  # noqa: E402
-from ridgeline.measure.bench import prompt_text  # noqa: E402
+from ridgeline.corpus import prompt_text  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "serve.json"
 
@@ -151,7 +151,7 @@ def main() -> None:
     points = decode_points(rt_result.steps)
     if a.device:
         from ridgeline.specs.device import get_device
-        from ridgeline.specs.model import load_spec
+        from ridgeline.specs import load_spec
         from ridgeline.specs.scenario import Precision
 
         points = place_decode_points(points, load_spec("smollm2-135m"), Precision(a.dtype, a.dtype, a.dtype),

@@ -42,7 +42,7 @@ def family_config(key: str) -> dict:
 
 def _bundled_gguf():
     from ridgeline.errors import RidgelineError
-    from ridgeline.loader import bundled_gguf
+    from ridgeline.specs import bundled_gguf
 
     try:
         return bundled_gguf()
@@ -72,7 +72,7 @@ def tiny_model_dir(tmp_path_factory):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from ridgeline.measure.bench import prompt_text
+    from ridgeline.corpus import prompt_text
 
     folder = tmp_path_factory.mktemp("tiny_llama")
     tok = Tokenizer(models.BPE())

@@ -5,8 +5,8 @@ import subprocess
 import pytest
 
 from ridgeline.errors import RidgelineError
-from ridgeline.eval import corpus as corpus_mod
-from ridgeline.eval.corpus import Corpus, clean_text, corpus_info, load_corpus
+from ridgeline import corpus as corpus_mod
+from ridgeline.corpus import Corpus, clean_text, corpus_info, load_corpus
 
 
 @pytest.fixture(autouse=True)

@@ -35,7 +35,7 @@ def one_line_error(result, *needles):
 
 @pytest.fixture
 def prose(tmp_path):
-    from ridgeline.measure.bench import prompt_text
+    from ridgeline.corpus import prompt_text
 
     f = tmp_path / "prose.txt"
     f.write_text(prompt_text() * 3)
@@ -96,7 +96,7 @@ def test_bad_input_is_one_line(case, tiny_model_dir, prose, tmp_path):
 
 
 def test_interrupted_eval_leaves_no_result_file(tiny_model_dir, prose, tmp_path, monkeypatch):
-    import ridgeline.eval.run as run_mod
+    import ridgeline.eval as run_mod
 
     calls = {"n": 0}
     real = run_mod.run_eval

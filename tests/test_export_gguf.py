@@ -289,7 +289,7 @@ def test_q8_0_bytes_equal_gguf_oracle(smol, q8):
 
 def test_q8_0_perplexity_matches_torch(smol, q8):
     """llama.cpp's perplexity of the Q8_0 file is within 1 % of ours for the same Q8_0 weights in torch."""
-    from ridgeline.eval.corpus import load_corpus
+    from ridgeline.corpus import load_corpus
     from ridgeline.eval.perplexity import PerplexityConfig, perplexity, window_plan
     from ridgeline.quant import ggml
 
@@ -390,7 +390,8 @@ def test_q4_k_m_runs_in_llama_cpp(smol, q4km):
 
 def test_hf_tokenizer_metadata_equals_converter(smol):
     """Built from the HF tokenizer, the tokenizer metadata equals what convert_hf_to_gguf wrote (bundled)."""
-    from ridgeline.quant.export import hf_tokenizer_kv, read_gguf_kv
+    from ridgeline.quant import hf_tokenizer_kv
+    from ridgeline.specs import read_gguf_kv
 
     model, tok = smol
     ours = {k: v for k, v, _, _ in hf_tokenizer_kv(tok, model.config, VOCAB)}
@@ -406,7 +407,7 @@ def test_hf_tokenizer_metadata_equals_converter(smol):
 
 
 def test_read_gguf_kv_equals_gguf_reader():
-    from ridgeline.quant.export import read_gguf_kv
+    from ridgeline.specs import read_gguf_kv
 
     fields = reader(BUNDLED_GGUF).fields
     kv = read_gguf_kv(BUNDLED_GGUF)
@@ -442,7 +443,7 @@ def _tiny(model_type: str, **extra):
 ])
 def test_tiny_variants_match_transformers_in_llama_cpp(smol, variant, tmp_path, one_thread):
     """Random tiny models of each architecture variant: llama.cpp's F32 logits equal transformers' logits."""
-    from ridgeline.quant.export import export_gguf, gguf_tensor_plan
+    from ridgeline.quant import export_gguf, gguf_tensor_plan
 
     model_type, extra = variant
     model = _tiny(model_type, **extra)

@@ -11,7 +11,7 @@ from conftest import BUNDLED_GGUF, needs_bundled
 from ridgeline.errors import RidgelineError
 from ridgeline.roofline.workload import build_workload, tensor_formats
 from ridgeline.specs.formats import get_format
-from ridgeline.specs.model import load_spec, spec_from_config
+from ridgeline.specs import load_spec, spec_from_config
 from ridgeline.specs.scenario import Precision, Scenario
 
 H, F, V, L, NQ, NKV = 64, 128, 96, 2, 4, 2

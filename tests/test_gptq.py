@@ -195,7 +195,7 @@ def _windows(tokenizer, corpus, count: int, length: int = 256) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def layer3_inputs(tmp_path_factory):
     """Inputs of layer 3's q_proj and down_proj on 16×256 calibration and 8×256 held-out tokens."""
-    from ridgeline.eval.corpus import load_corpus
+    from ridgeline.corpus import load_corpus
     from ridgeline.loader import load_model
 
     with pytest.MonkeyPatch.context() as mp:  # module scope: conftest's per-test environment is not set yet

@@ -9,8 +9,8 @@ from conftest import BUNDLED_GGUF, family_config, needs_bundled
 from ridgeline.errors import RidgelineError
 from ridgeline.kv.harmonia import (HarmoniaCache, HarmoniaConfig, bfp_decode, bfp_demote, bfp_encode,
                                    fold_key_scales, harmonia_bits_per_element, harmonia_bytes, smooth_keys)
-from ridgeline.kv.kivi import (KIVICache, KIVIConfig, asym_dequantize, asym_quantize, kivi_bytes, pack_bits,
-                               unpack_bits)
+from ridgeline.kv.base import pack_bits, unpack_bits
+from ridgeline.kv.kivi import KIVICache, KIVIConfig, asym_dequantize, asym_quantize, kivi_bytes
 from ridgeline.kv.stream import stream_nll
 from ridgeline.quant import mx
 

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 from ridgeline.cli import app
 from ridgeline.errors import RidgelineError
 from ridgeline.eval.perplexity import PerplexityConfig, perplexity
-from ridgeline.eval.run import EvalConfig, transform_labels
+from ridgeline.arch import Variant
+from ridgeline.eval import EvalConfig
 from ridgeline.kv import KIVICache, make_kv_cache, runnable_kv
 
 
@@ -42,7 +43,7 @@ def test_factory_builds_each_runnable_cache(tiny32):
 
 
 def test_streamed_perplexity_through_a_float_cache_equals_the_plain_windows(tiny32):
-    from ridgeline.measure.bench import prompt_text
+    from ridgeline.corpus import prompt_text
 
     model, tok = tiny32
     text = prompt_text()
@@ -60,15 +61,15 @@ def test_streamed_perplexity_through_a_float_cache_equals_the_plain_windows(tiny
 
 def test_eval_config_refuses_what_does_not_compose():
     with pytest.raises(RidgelineError, match="applies to ppl"):
-        EvalConfig("m", ("ppl", "cloze"), kv="kivi2")
+        EvalConfig("m", ("ppl", "cloze"), variant=Variant(kv="kivi2"))
     with pytest.raises(RidgelineError, match="holds the model's dtype"):
-        EvalConfig("m", kv="bf16", dtype="fp32")
+        EvalConfig("m", variant=Variant(kv="bf16"), dtype="fp32")
     with pytest.raises(RidgelineError, match="full-attention layers only"):
-        EvalConfig("m", kv="kivi4", window=64)
+        EvalConfig("m", variant=Variant(kv="kivi4", window=64))
     with pytest.raises(RidgelineError, match="--window must be >= 1"):
-        EvalConfig("m", window=0)
-    assert EvalConfig("m", kv="kivi2", kv_heads=1).label == "m fp32 · KV kivi2 (emulated) · 1 KV heads"
-    assert transform_labels("fp32", 128, None) == ["KV fp32", "window 128"]
+        EvalConfig("m", variant=Variant(window=0))
+    assert EvalConfig("m", variant=Variant(kv="kivi2", kv_heads=1)).label == "m fp32 · KV kivi2 (emulated) · 1 KV heads"
+    assert Variant("fp32", 128, None).labels == ["KV fp32", "window 128"]
 
 
 def test_eval_cli_window_curve_and_heads(tiny_model_dir, tmp_path):
@@ -104,8 +105,8 @@ def test_bench_record_prices_the_transformed_cache(tiny_model_dir):
     from ridgeline.measure.phi import record_workload
     from ridgeline.specs.scenario import Scenario
 
-    rec = run_bench(BenchConfig(str(tiny_model_dir), scenario=Scenario(40, 8), repeats=1, warmup=0, window=16,
-                                kv_heads=1))
+    rec = run_bench(BenchConfig(str(tiny_model_dir), scenario=Scenario(40, 8), repeats=1, warmup=0,
+                                variant=Variant(window=16, kv_heads=1)))
     wl = record_workload(rec)
     # 3 layers, 1 KV head of 16 dims, fp32 K and V, the window's 15 cached tokens at the final context of 48
     assert wl.kv_bytes == 3 * 2 * 1 * 16 * 4 * 15

@@ -126,7 +126,7 @@ def test_model_predicted_not_to_fit_is_refused_before_loading(tmp_path, monkeypa
 @needs_bundled
 def test_bundled_model_loads_and_is_cached():
     from ridgeline.loader import gguf_cache_dir, load_model
-    from ridgeline.specs.model import load_spec
+    from ridgeline.specs import load_spec
 
     model, tok = load_model("smollm2-135m", "fp32")
     assert sum(p.numel() for p in model.parameters()) == load_spec(str(BUNDLED_GGUF)).param_count() == 134_515_008
@@ -261,10 +261,10 @@ def test_phi_above_one_is_flagged_with_the_suspect_term(tiny_record):
         assert ph.phi.median > 1
         text = " ".join(ph.flags)
         assert "compute roof too low" in text and "bandwidth roof too low" in text
-    from ridgeline.measure.phi import result_json
+    from ridgeline.measure import flat_rows, result_json
     from ridgeline.report.measured import phi_warnings
 
-    warnings = phi_warnings([result_json(tiny_record, [placed])])
+    warnings = phi_warnings(flat_rows([result_json(tiny_record, [placed])]))
     assert len(warnings) == 4 and all("> 1" in w for w in warnings)
 
 

@@ -8,7 +8,7 @@ from conftest import needs_bundled
 
 from ridgeline.errors import RidgelineError
 from ridgeline.eval.perplexity import PerplexityConfig, perplexity, window_plan
-from ridgeline.measure.bench import prompt_text
+from ridgeline.corpus import prompt_text
 
 
 @pytest.fixture(autouse=True)
@@ -147,7 +147,7 @@ def test_bad_input(tiny):
 @needs_bundled
 def test_smaller_stride_lowers_perplexity_on_the_bundled_model():
     """More context per scored token predicts better: stride 64 beats disjoint windows of 256."""
-    from ridgeline.eval.corpus import load_corpus
+    from ridgeline.corpus import load_corpus
     from ridgeline.loader import load_model
 
     model, tok = load_model("smollm2-135m", "fp32")

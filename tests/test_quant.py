@@ -228,7 +228,7 @@ def test_lean_decode_runs_quantized_modules_fused():
 
 def test_saved_folder_reports_stored_formats_to_analyze(tmp_path, tiny_model_dir):
     from ridgeline.loader import load_model
-    from ridgeline.specs.model import load_spec
+    from ridgeline.specs import load_spec
 
     model, tok = load_model(str(tiny_model_dir))
     manifest = quantize_(model, RTNConfig(bits=4, group=32))
@@ -327,7 +327,7 @@ def test_cli_export_gguf_bundled(tmp_path):
 def test_eval_of_a_quantized_folder_labels_the_precision(tmp_path, tiny_model_dir):
     from ridgeline.eval.run import EvalConfig, run_eval
     from ridgeline.loader import load_model
-    from ridgeline.measure.bench import prompt_text
+    from ridgeline.corpus import prompt_text
 
     model, tok = load_model(str(tiny_model_dir))
     n_params = sum(p.numel() for p in model.parameters())
@@ -343,7 +343,7 @@ def test_eval_of_a_quantized_folder_labels_the_precision(tmp_path, tiny_model_di
 
 
 def test_bench_rows_name_the_quantized_precision():
-    from ridgeline.report.measured import run_label
+    from ridgeline.measure import run_label
 
     r = {"params": {"backend": "torch", "dtype": "bf16"}, "impl": "lean"}
     assert run_label(dict(r, weights="bf16")) == "torch bf16"

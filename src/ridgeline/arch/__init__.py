@@ -1,7 +1,9 @@
-"""Architecture transforms: MHA<->GQA conversion, sliding-window attention with a rolling-buffer cache."""
+"""Architecture transforms: MHA<->GQA conversion, sliding-window attention with a rolling-buffer cache, and the
+`Variant` (KV format, window, K/V heads) that bench, eval and serve carry."""
 
-from ridgeline.arch.gqa import expand_kv_heads, kv_bytes_per_token, pool_kv_heads
+from ridgeline.arch.gqa import check_groups, expand_kv_heads, kv_bytes_per_token, pool_kv_heads
 from ridgeline.arch.swa import RollingBufferCache, prefill_chunked, swa_kv_bytes, to_sliding_window
+from ridgeline.arch.variant import Variant
 
-__all__ = ["RollingBufferCache", "expand_kv_heads", "kv_bytes_per_token", "pool_kv_heads", "prefill_chunked",
-           "swa_kv_bytes", "to_sliding_window"]
+__all__ = ["check_groups", "RollingBufferCache", "expand_kv_heads", "kv_bytes_per_token", "pool_kv_heads", "prefill_chunked",
+           "swa_kv_bytes", "to_sliding_window", "Variant"]

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ridgeline.errors import RidgelineError
+from ridgeline.specs import attention_dims
 
 
 def attention_modules(model: Any) -> list[nn.Module]:
@@ -34,8 +35,8 @@ def attention_modules(model: Any) -> list[nn.Module]:
 
 
 def _heads(model: Any) -> tuple[int, int]:
-    cfg = model.config
-    return cfg.num_attention_heads, cfg.num_key_value_heads
+    dims = attention_dims(model.config)
+    return dims.n_heads, dims.n_kv_heads
 
 
 def _pool_matrix(n_query: int, n_kv: int, groups: int) -> torch.Tensor:
@@ -97,5 +98,5 @@ def expand_kv_heads(model: Any) -> Any:
 
 def kv_bytes_per_token(config: Any, elem_bytes: float) -> float:
     """KV-cache bytes one token adds: 2 (K and V) · layers · KV heads · head_dim · bytes per element."""
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return 2.0 * config.num_hidden_layers * config.num_key_value_heads * head_dim * elem_bytes
+    dims = attention_dims(config)
+    return 2.0 * dims.n_layers * dims.kv_width * elem_bytes

@@ -20,6 +20,7 @@ import torch
 from ridgeline.engine.blocks import AllocStatus, BlockManager
 from ridgeline.engine.paged import PagedKVCache, PrefillSegment, StepLayout, attention_impl, register
 from ridgeline.errors import RidgelineError
+from ridgeline.specs import attention_dims
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,16 @@ class EngineConfig:
         if self.max_batched_tokens < 1 or self.max_num_seqs < 1:
             raise RidgelineError(f"max_batched_tokens and max_num_seqs must be >= 1, got "
                                  f"{self.max_batched_tokens} and {self.max_num_seqs}")
+
+
+@dataclass(frozen=True)
+class SchedulerOutput:
+    """What one step runs: (sequence, new tokens) in batch order, the copy-on-write block copies to do first,
+    and how many sequences were preempted to make room (vLLM's SchedulerOutput, reduced to what a CPU needs)."""
+
+    scheduled: list[tuple["SeqState", int]]
+    block_copies: list[tuple[int, int]]
+    preempted: int
 
 
 @dataclass
@@ -131,11 +142,9 @@ class Engine:
         if getattr(cfg, "is_encoder_decoder", False):
             raise RidgelineError("the engine serves decoder-only causal LMs")
         self.model, self.config = model, config
-        heads = cfg.num_attention_heads
-        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        dims = attention_dims(cfg)
         dtype = next(model.parameters()).dtype
-        self.cache = PagedKVCache(cfg.num_hidden_layers, kv_heads, head_dim, config.num_blocks,
+        self.cache = PagedKVCache(dims.n_layers, dims.n_kv_heads, dims.head_dim, config.num_blocks,
                                   config.block_size, dtype)
         self.blocks = BlockManager(config.num_blocks, config.block_size, config.watermark, config.prefix_caching)
         self.window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
@@ -209,8 +218,8 @@ class Engine:
         self.waiting.appendleft(seq)  # recomputed first: it arrived before everything still waiting
         self.preemptions += 1
 
-    def _schedule(self) -> tuple[list[tuple[SeqState, int]], list[tuple[int, int]], int]:
-        """Pick (sequence, new tokens) pairs under the budget; returns them, block copies and preemptions."""
+    def _schedule(self) -> SchedulerOutput:
+        """Pick (sequence, new tokens) pairs under the budget, with the block copies and preemptions they cost."""
         budget, plan, copies, preempted = self.config.max_batched_tokens, [], [], 0
         for seq in list(self.running):
             if budget == 0:
@@ -242,7 +251,7 @@ class Engine:
             self.running.append(seq)
             plan.append((seq, n))
             budget -= n
-        return plan, copies, preempted
+        return SchedulerOutput(plan, copies, preempted)
 
     def _layout(self, plan: list[tuple[SeqState, int]]) -> tuple[list[int], list[int], StepLayout]:
         ids, pos, write, prefills, dec_rows, dec_slots = [], [], [], [], [], []
@@ -273,12 +282,13 @@ class Engine:
     def step(self) -> list[RequestOutput]:
         """Schedule, run one forward pass over the batch, sample, retire finished sequences; stream new tokens."""
         t0 = time.perf_counter()
-        plan, copies, preempted = self._schedule()
+        sched = self._schedule()
+        plan = sched.scheduled
         if not plan:
             if self.waiting and not self.running:  # cannot happen after add_request's NEVER check
                 raise RidgelineError("the engine cannot schedule any waiting request; the pool is too small")
             return []
-        self.cache.copy_blocks(copies)
+        self.cache.copy_blocks(sched.block_copies)
         ids, pos, layout = self._layout(plan)
         # logits only where a sequence has all its tokens computed: the next token is sampled there
         rows, samplers = [], []
@@ -296,7 +306,7 @@ class Engine:
             seq.computed += n
             self.blocks.commit(seq.seq_id, seq.tokens, seq.computed)
         outputs = self._sample(samplers, logits.float())
-        self._record(plan, layout, time.perf_counter() - t0, preempted)
+        self._record(plan, layout, time.perf_counter() - t0, sched.preempted)
         return outputs
 
     def _sample(self, seqs: list[SeqState], logits: torch.Tensor) -> list[RequestOutput]:

@@ -15,8 +15,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ridgeline.engine.engine import Engine, StepStats
-from ridgeline.engine.trace import TraceRequest
+from ridgeline.arch import Variant
+from ridgeline.engine.engine import Engine, EngineConfig, StepStats
+from ridgeline.engine.trace import TraceRequest, prompt_tokens
+from ridgeline.errors import RidgelineError
 
 
 @dataclass(frozen=True)
@@ -141,9 +143,8 @@ def place_decode_points(points: Sequence[dict[str, Any]], spec: Any, precision: 
     same FLOPs and bytes `ridgeline analyze --batch B` counts, so measured and analytic points share an
     intensity and differ only in FLOP/s.
     """
-    from ridgeline.roofline.evaluate import evaluate
-    from ridgeline.roofline.workload import build_workload
-    from ridgeline.specs.scenario import Scenario
+    from ridgeline.roofline import build_workload, evaluate
+    from ridgeline.specs import Scenario
 
     out = []
     for p in points:
@@ -156,24 +157,68 @@ def place_decode_points(points: Sequence[dict[str, Any]], spec: Any, precision: 
 
 
 def serve_record(result: ServeResult, config: Any, model_name: str, dtype: str, trace_info: dict,
-                 placed: list[dict] | None = None, transforms: dict | None = None) -> dict[str, Any]:
+                 placed: list[dict] | None = None, variant: Variant | None = None) -> dict[str, Any]:
     """The JSON record of a serve-bench run: every parameter that produced it, the summary and the raw data."""
-    import platform
-
     import torch
-    import transformers
 
-    from ridgeline import __version__
+    from ridgeline.measure import machine_info
 
+    variant = variant or Variant()
     return {
         "kind": "ridgeline.serve.results",
-        "model": model_name, "dtype": dtype, "trace": trace_info, "transforms": transforms or {},
+        "model": model_name, "dtype": dtype, "trace": trace_info,
+        "transforms": {"window": variant.window, "kv_heads": variant.kv_heads},
         "engine": {k: getattr(config, k) for k in config.__dataclass_fields__},
-        "machine": {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
-                    "threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "transformers": transformers.__version__, "ridgeline": __version__},
+        "machine": {**machine_info(), "threads": torch.get_num_threads()},
         "summary": summarize(result),
         "decode_roofline": placed if placed is not None else decode_points(result.steps),
         "requests": result.requests,
         "steps": [dataclasses.asdict(s) for s in result.steps],
     }
+
+
+@dataclass(frozen=True)
+class ServeRun:
+    """A served trace: the replay's measurements, the decode steps placed on a roofline, and the JSON record."""
+
+    result: ServeResult
+    placed: list[dict] | None
+    record: dict[str, Any]
+
+
+def serve_trace(model: str, trace: Sequence[TraceRequest], *, config: EngineConfig | None = None,
+                dtype: str = "fp32", variant: Variant | None = None, device: Any = None, realtime: bool = True,
+                threads: int | None = None, trace_info: dict | None = None,
+                progress: Callable[[int, int], None] | None = None) -> ServeRun:
+    """Load `model`, serve `trace` through a paged-KV engine and summarise it (what `ridgeline serve-bench` does).
+
+    Every request is checked against the pool before anything runs; `device` (a DeviceSpec) places the
+    decode-only steps on its roofline; `variant` pools K/V heads or sets a sliding window before serving.
+    """
+    from ridgeline.corpus import prompt_text
+    from ridgeline.loader import load_model
+    from ridgeline.measure import torch_threads
+    from ridgeline.specs import Precision, load_spec
+
+    config, variant = config or EngineConfig(), variant or Variant()
+    if dtype not in ("fp32", "bf16"):
+        raise RidgelineError(f"dtype must be fp32 or bf16, got {dtype!r}")
+    if variant.kv is not None:
+        raise RidgelineError("the engine stores KV blocks in the model's dtype; --kv formats run in bench and eval")
+    variant.check(dtype)
+    with torch_threads(threads):
+        lm, tok = load_model(model, dtype)
+        lm = variant.apply(lm)
+        encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        corpus = encode(prompt_text())
+        prompts = [prompt_tokens(r, encode, corpus, offset=97 * i) for i, r in enumerate(trace)]
+        engine = Engine(lm, config)
+        for i, (r, p) in enumerate(zip(trace, prompts)):  # refuse the whole trace before running any of it
+            engine.check_request(p, r.params(), f"request {r.request_id or i + 1}")
+        result = replay(engine, trace, prompts, progress, realtime=realtime)
+        placed = None
+        if device is not None:
+            spec = variant.apply_spec(load_spec(model))
+            placed = place_decode_points(decode_points(result.steps), spec, Precision(dtype, dtype, dtype), device)
+        record = serve_record(result, config, model, dtype, trace_info or {}, placed, variant)
+    return ServeRun(result, placed, record)

@@ -1,5 +1,6 @@
 """Quality: perplexity, cloze and multiple-choice scoring with lm-eval semantics, on an offline corpus."""
 
-from ridgeline.eval.run import EvalConfig, run_eval
+from ridgeline.eval.perplexity import PerplexityConfig, PerplexityResult, perplexity
+from ridgeline.eval.run import EvalConfig, parse_tasks, run_eval, task_files_from_dir
 
-__all__ = ["EvalConfig", "run_eval"]
+__all__ = ["PerplexityConfig", "PerplexityResult", "perplexity", "EvalConfig", "parse_tasks", "run_eval", "task_files_from_dir"]

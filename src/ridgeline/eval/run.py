@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ridgeline.arch import Variant
 from ridgeline.errors import RidgelineError
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
@@ -26,7 +27,7 @@ class EvalConfig:
     tasks: tuple[str, ...] = ("ppl",)
     task_files: dict[str, str] = field(default_factory=dict)  # multiple-choice task -> local JSON/JSONL
     dtype: str = "fp32"
-    variant: str = ""  # the row label in quality tables (default: the model name and dtype)
+    name: str = ""  # the row label in quality tables (default: the model name, dtype and variant)
     limit: int | None = None  # documents per multiple-choice task, items for cloze
     batch_size: int = 8
     corpus: str | None = None  # None: the held-out split of the default corpus; else a text file or hf:<id>
@@ -36,17 +37,17 @@ class EvalConfig:
     num_fewshot: int = 0
     fewshot_files: dict[str, str] = field(default_factory=dict)
     cloze_items: int = 200
-    kv: str | None = None  # KV-cache format for ppl (each window streamed through the cache): kivi2, harmonia, ...
-    window: int | None = None  # sliding-window attention of W keys (the model converted, HF's window mask)
-    kv_heads: int | None = None  # GQA: K/V heads mean-pooled (or expanded) to this many, no uptraining
+    # KV format for ppl (each window streamed through the cache), sliding window (the model converted, HF's
+    # window mask), K/V heads mean-pooled (or expanded), no uptraining
+    variant: Variant = field(default_factory=Variant)
 
     def __post_init__(self) -> None:
         from ridgeline.eval.tasks import TASKS, task_spec
 
-        check_transforms(self.dtype, self.kv, self.window, self.kv_heads)
-        if self.kv is not None and set(self.tasks) - {"ppl"}:
-            raise RidgelineError(f"--kv {self.kv} applies to ppl, which streams each window through the cache; "
-                                 "cloze and multiple choice score short prompts in one forward pass")
+        self.variant.check(self.dtype)
+        if self.variant.kv is not None and set(self.tasks) - {"ppl"}:
+            raise RidgelineError(f"--kv {self.variant.kv} applies to ppl, which streams each window through the "
+                                 "cache; cloze and multiple choice score short prompts in one forward pass")
 
         if not self.tasks:
             raise RidgelineError("no tasks given; expected ppl, cloze or a multiple-choice task")
@@ -74,53 +75,32 @@ class EvalConfig:
     @property
     def label(self) -> str:
         """The variant's row label."""
-        if self.variant:
-            return self.variant
-        parts = [f"{self.model} {self.dtype}"] + transform_labels(self.kv, self.window, self.kv_heads)
-        return " · ".join(parts)
+        if self.name:
+            return self.name
+        return " · ".join([f"{self.model} {self.dtype}"] + self.variant.labels)
 
 
-def transform_labels(kv: str | None, window: int | None, kv_heads: int | None) -> list[str]:
-    """How a run changed the KV cache, for row labels: 'KV kivi2 (emulated)', 'window 512', '1 KV heads'."""
-    from ridgeline.specs.formats import get_kv_format
-
-    # quantized caches dequantize in torch ops (no fused kernel on this CPU): say so wherever they appear
-    kv_label = [f"KV {kv}" + ("" if get_kv_format(kv).bulk.family == "float" else " (emulated)")] if kv else []
-    return kv_label + ([f"window {window}"] if window else []) + ([f"{kv_heads} KV heads"] if kv_heads else [])
-
-
-def check_transforms(dtype: str, kv: str | None, window: int | None, kv_heads: int | None) -> None:
-    """Refuse KV formats no cache can run, float KV formats other than the model's dtype, bad windows and heads."""
-    if kv is not None:
-        from ridgeline.kv import runnable_kv
-
-        fmt = runnable_kv(kv)
-        if fmt.hi is None and fmt.bulk.family == "float" and fmt.bulk.name != dtype:
-            raise RidgelineError(f"--kv {kv}: a float KV cache holds the model's dtype ({dtype}); use --dtype {kv}")
-        if window is not None and fmt.bulk.family != "float":
-            raise RidgelineError(f"--kv {kv} with --window {window}: the quantized caches hold full-attention layers "
-                                 "only; run them as separate variants")
-    if window is not None and (isinstance(window, bool) or window < 1):
-        raise RidgelineError(f"--window must be >= 1 key, got {window}")
-    if kv_heads is not None and kv_heads < 1:
-        raise RidgelineError(f"--kv-heads must be >= 1, got {kv_heads}")
-
-
-def apply_transforms(model: Any, window: int | None, kv_heads: int | None) -> Any:
-    """The model with its K/V heads pooled (GQA, in place) and/or converted to sliding-window attention."""
-    if kv_heads is not None:
-        from ridgeline.arch import pool_kv_heads
-
-        model = pool_kv_heads(model, kv_heads)
-    if window is not None:
-        from ridgeline.arch import to_sliding_window
-
-        model = to_sliding_window(model, window)
-    return model
+def parse_tasks(text: str, task_dir: str | Path | None = None) -> tuple[tuple[str, ...], dict[str, str]]:
+    """'ppl,cloze,arc_easy=path.jsonl,piqa' -> task names and files (`name=PATH`, else `<name>.jsonl` in
+    `task_dir`)."""
+    names, files = [], {}
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        name, _, path = item.partition("=")
+        names.append(name.strip())
+        if path:
+            files[name.strip()] = path.strip()
+    if not names:
+        raise RidgelineError(f"--tasks: expected a comma-separated list, got {text!r}")
+    missing = tuple(n for n in names if n not in ("ppl", "cloze") and n not in files)
+    if missing and task_dir is not None:
+        files.update(task_files_from_dir(task_dir, missing))
+    return tuple(names), files
 
 
 def _corpus_text(cfg: EvalConfig) -> tuple[str, dict]:
-    from ridgeline.eval.corpus import corpus_info, load_corpus
+    from ridgeline.corpus import corpus_info, load_corpus
 
     corpus = load_corpus("eval", cfg.corpus)
     info = corpus_info() if cfg.corpus is None else {"source": cfg.corpus, "chars": corpus.n_chars}
@@ -138,13 +118,13 @@ def _params(model: Any) -> int:
 def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, progress: Progress | None = None) -> dict:
     """Evaluate `cfg.tasks` on the model (loaded from `cfg.model` unless given) and return the record."""
     from ridgeline.loader import load_model
-    from ridgeline.measure.stats import machine_info
-    from ridgeline.quant.api import precision_label
+    from ridgeline.measure import machine_info
+    from ridgeline.quant import precision_label
 
     t_load = time.perf_counter()
     if model is None:
         model, tokenizer = load_model(cfg.model, cfg.dtype)
-    model = apply_transforms(model, cfg.window, cfg.kv_heads)
+    model = cfg.variant.apply(model)
     load_s = time.perf_counter() - t_load
     out: dict[str, Any] = {"kind": "ridgeline.eval", "variant": cfg.label, "config": _config_json(cfg),
                            "model": {"name": cfg.model, "params": _params(model), "weights": precision_label(model),
@@ -160,7 +140,7 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, progress
             from ridgeline.eval.perplexity import PerplexityConfig, perplexity
 
             pc = PerplexityConfig(context=cfg.context, stride=cfg.stride, batch_size=cfg.batch_size,
-                                  max_tokens=cfg.max_tokens, kv=cfg.kv)
+                                  max_tokens=cfg.max_tokens, kv=cfg.variant.kv)
             result = perplexity(model, tokenizer, text, pc, progress=report).to_json()
         elif task == "cloze":
             from ridgeline.eval.cloze import build_cloze, evaluate_cloze
@@ -182,6 +162,8 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, progress
 def _config_json(cfg: EvalConfig) -> dict:
     d = asdict(cfg)
     d["tasks"] = list(cfg.tasks)
+    d["variant"] = cfg.variant.to_json()
+    d.update(kv=cfg.variant.kv, window=cfg.variant.window, kv_heads=cfg.variant.kv_heads)  # flat keys, as before
     return d
 
 

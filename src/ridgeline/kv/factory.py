@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ridgeline.errors import RidgelineError
-from ridgeline.specs.formats import KV_FORMAT_HELP, KVFormat, get_kv_format
+from ridgeline.specs import KV_FORMAT_HELP, KVFormat, get_kv_format
 
 
 def runnable_kv(name: str) -> KVFormat:

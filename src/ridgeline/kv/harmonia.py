@@ -41,8 +41,8 @@ from typing import Any
 import torch
 
 from ridgeline.errors import RidgelineError
-from ridgeline.kv.kivi import QuantizedKVCache, QuantizedKVLayer, _positive_int, kv_dims, pack_bits, unpack_bits
-from ridgeline.quant import mx
+from ridgeline.kv.base import QuantizedKVCache, QuantizedKVLayer, kv_dims, pack_bits, positive_int, unpack_bits
+from ridgeline.quant import bfp_codes, bfp_values
 
 __all__ = [
     "HarmoniaCache", "HarmoniaConfig", "HarmoniaLayer", "bfp_decode", "bfp_demote", "bfp_encode",
@@ -74,7 +74,7 @@ class HarmoniaConfig:
     n_recent: int = 128
 
     def __post_init__(self) -> None:
-        _positive_int("group", self.group, "Harmonia")
+        positive_int("group", self.group, "Harmonia")
         _check_mantissa("hi_mantissa", self.hi_mantissa)
         _check_mantissa("lo_mantissa", self.lo_mantissa)
         if self.lo_mantissa > self.hi_mantissa:
@@ -115,9 +115,7 @@ class HarmoniaConfig:
 def bfp_encode(x: torch.Tensor, group: int, mantissa: int) -> torch.Tensor:
     """BFP-encode x [..., D] in groups along D -> uint8 [..., D/group, 1 + group*(1+m)/8] (mx.encode layout)."""
     lead, d = x.shape[:-1], x.shape[-1]
-    ef = mx._bfp_element(mantissa)
-    shared, q = mx._quantize_blocks(x.detach().float().reshape(-1, group), ef, "even")
-    codes = mx._codes(q, ef)  # sign-magnitude: bit m is the sign
+    shared, codes = bfp_codes(x.detach().float().reshape(-1, group), mantissa)  # sign-magnitude: bit m is the sign
     exp = (shared + _EXP_BIAS).to(torch.uint8)[:, None]
     packed = torch.cat([exp, pack_bits(codes, 1 + mantissa)], dim=1)
     return packed.reshape(*lead, d // group, packed.shape[-1])
@@ -130,7 +128,7 @@ def bfp_decode(packed: torch.Tensor, group: int, mantissa: int,
     flat = packed.reshape(-1, packed.shape[-1])
     shared = flat[:, 0].to(torch.int64) - _EXP_BIAS
     codes = unpack_bits(flat[:, 1:], 1 + mantissa, group).to(torch.int64)
-    x = mx._values(codes, mx._bfp_element(mantissa)) * mx._pow2(shared)[:, None]
+    x = bfp_values(shared, codes, mantissa)
     return x.to(dtype).reshape(*lead, groups * group)
 
 

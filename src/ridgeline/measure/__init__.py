@@ -1,7 +1,18 @@
-"""The measured side: machine probe, measured runs (torch, llama.cpp) and Φ on the roofline."""
+"""The measured side: machine probe, measured runs (torch, llama.cpp), the bench grid and Φ on the roofline.
 
-from ridgeline.measure.bench import BenchConfig, BenchRecord, run_bench
-from ridgeline.measure.phi import place, result_json
-from ridgeline.measure.probe import probe, probe_device, save_device
+`run_grid(BenchGrid(...), resolve_roofs(...))` is what `ridgeline bench` does; `flat_rows` turns its
+records into the rows every table, CSV and plot reads (`record.py` defines both).
+"""
 
-__all__ = ["BenchConfig", "BenchRecord", "run_bench", "place", "result_json", "probe", "probe_device", "save_device"]
+from ridgeline.measure.backends import llama_cpp_available
+from ridgeline.measure.bench import BenchConfig, BenchRecord, load_runner, prompt_ids, run_bench
+from ridgeline.measure.grid import BenchGrid, Roofs, place_record, resolve_roofs, run_grid
+from ridgeline.measure.phi import place
+from ridgeline.measure.probe import ProbeResult, probe, probe_device, roof_for_threads, save_device, torch_threads
+from ridgeline.measure.record import COLUMNS, flat_row, flat_rows, result_json, run_label
+from ridgeline.measure.stats import Stat, cpu_model, machine_info, summarize
+
+__all__ = ["BenchConfig", "BenchGrid", "BenchRecord", "COLUMNS", "ProbeResult", "Roofs", "Stat", "cpu_model",
+           "flat_row", "flat_rows", "llama_cpp_available", "load_runner", "machine_info", "place", "place_record",
+           "probe", "probe_device", "prompt_ids", "resolve_roofs", "result_json", "roof_for_threads",
+           "run_bench", "run_grid", "run_label", "save_device", "summarize", "torch_threads"]

@@ -10,13 +10,13 @@ that produced it, the machine, and every per-repeat sample (llama-bench style).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
-from importlib import resources
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Callable, Sequence
 
+from ridgeline.arch import Variant
 from ridgeline.errors import RidgelineError
 from ridgeline.measure.stats import Stat, machine_info, summarize
-from ridgeline.specs.scenario import Scenario
+from ridgeline.specs import ModelRef, ModelSpec, Precision, Scenario, load_spec
 
 BACKENDS = ("torch", "llamacpp")
 IMPLS = ("auto", "lean", "hf")
@@ -25,21 +25,20 @@ Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """Everything that defines one measured run."""
+    """Everything that defines one measured run (after the model, backend, scenario and dtype: keywords only)."""
 
     model: str
     backend: str = "torch"
     scenario: Scenario = field(default_factory=lambda: Scenario(128, 128, name="SISO"))
     dtype: str = "fp32"  # torch: fp32 | bf16; llama.cpp: the GGUF's own types ("stored")
+    _: KW_ONLY
     threads: int | None = None
     repeats: int = 3
     warmup: int = 1
     layers: int | None = None
     impl: str = "auto"  # torch only: lean (ridgeline's static-cache path), hf (transformers forward), auto
     memory_limit: float | None = None  # bytes; refuse before loading above it (default: memory available)
-    kv: str | None = None  # torch: KV-cache format held by the cache (kivi2, harmonia, bfp32m4, ...); None: dtype
-    window: int | None = None  # torch: sliding-window attention with a rolling buffer of W keys
-    kv_heads: int | None = None  # torch: K/V heads mean-pooled (GQA) to this many before the run
+    variant: Variant = field(default_factory=Variant)  # torch: KV format, sliding window, K/V heads
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -57,27 +56,28 @@ class BenchConfig:
             raise RidgelineError(f"repeats must be >= 1 and warm-up >= 0, got {self.repeats} and {self.warmup}")
         if self.threads is not None and self.threads < 1:
             raise RidgelineError(f"threads must be >= 1, got {self.threads}")
-        if self.transformed:
-            from ridgeline.eval.run import check_transforms
-
+        if self.backend == "llamacpp" and self.layers is not None:
+            raise RidgelineError("--layers (depth sweeps) runs on the torch backend; llama.cpp runs the whole GGUF")
+        if self.variant.transformed:
             if self.backend != "torch":
                 raise RidgelineError("--kv, --window and --kv-heads transform the torch model; llama.cpp runs the GGUF")
             if self.impl == "lean":
                 raise RidgelineError("the lean decode path has a static float cache; --kv, --window and --kv-heads "
                                      "run on --impl hf (or auto)")
-            check_transforms(self.dtype, self.kv, self.window, self.kv_heads)
+            self.variant.check(self.dtype)
 
     @property
-    def transformed(self) -> bool:
-        """Whether the run changes what the KV cache holds (format, window, heads)."""
-        return self.kv is not None or self.window is not None or self.kv_heads is not None
+    def kv_format(self) -> str:
+        """The KV format the run holds: the variant's, else the dtype (the model's own cache)."""
+        return self.variant.kv or self.dtype
 
     def to_json(self) -> dict:
         """Every parameter, for the record."""
         return {"model": self.model, "backend": self.backend, "impl": self.impl, "dtype": self.dtype,
                 "scenario": self.scenario.to_json(), "threads": self.threads, "repeats": self.repeats,
-                "warmup": self.warmup, "layers": self.layers, "memory_limit": self.memory_limit, "kv": self.kv,
-                "window": self.window, "kv_heads": self.kv_heads}
+                "warmup": self.warmup, "layers": self.layers, "memory_limit": self.memory_limit,
+                "kv": self.variant.kv, "window": self.variant.window, "kv_heads": self.variant.kv_heads,
+                "variant": self.variant.to_json()}
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,7 @@ class BenchRecord:
     samples: tuple[RunSample, ...]
     machine: dict
     model_config: dict = field(default_factory=dict)  # the HF config dict of the model that ran (torch)
+    spec: ModelSpec | None = field(default=None, compare=False)  # the model that ran, parsed once (not saved)
 
     @property
     def ttft(self) -> Stat:
@@ -140,13 +141,6 @@ class BenchRecord:
         """Prompt tokens per second over repeats."""
         return summarize([s.prompt_tokens / s.ttft_s for s in self.samples])
 
-    def step_medians(self) -> list[float]:
-        """Median over repeats of each decode step's time: decode cost along the growing context."""
-        import statistics
-
-        steps = len(self.samples[0].decode_step_s)
-        return [statistics.median(s.decode_step_s[i] for s in self.samples) for i in range(steps)]
-
     def to_json(self) -> dict:
         """The record: parameters, what ran, machine, samples and summaries."""
         return {
@@ -160,13 +154,10 @@ class BenchRecord:
         }
 
 
-def prompt_text() -> str:
-    """The public-domain prose prompts are cut from (Austen, Pride and Prejudice ch. 1; Lincoln, Gettysburg)."""
-    return resources.files("ridgeline.measure").joinpath("data/prompt.txt").read_text()
-
-
 def prompt_ids(encode: Callable[[str], list[int]], n: int) -> list[int]:
     """Exactly `n` token ids of real prose (the passage repeated as needed)."""
+    from ridgeline.corpus import prompt_text
+
     ids = encode(prompt_text())
     if not ids:
         raise RidgelineError("the tokenizer produced no tokens for the prompt passage")
@@ -192,8 +183,8 @@ def _max_len(sc: Scenario) -> int:
     return sc.prompt + sc.generate + 1
 
 
-def _source(cfg: BenchConfig):
-    """Where the model comes from; the llama.cpp backend needs a GGUF."""
+def _source(cfg: BenchConfig) -> ModelRef:
+    """Where the weights come from; the llama.cpp backend needs a GGUF."""
     from ridgeline.loader import resolve
 
     src = resolve(cfg.model)
@@ -203,37 +194,37 @@ def _source(cfg: BenchConfig):
     return src
 
 
-def predicted_workload(cfg: BenchConfig):
-    """The analytic workload of the run (its memory: weights + KV + activations), before loading anything."""
-    from ridgeline.roofline.workload import build_workload
-    from ridgeline.specs.model import load_spec
-    from ridgeline.specs.scenario import Precision
-
+def model_spec(cfg: BenchConfig) -> ModelSpec | None:
+    """The analytic spec of the model the run loads (None for a hub id): the GGUF's own tensor table for
+    llama.cpp, the architecture (depth, window, K/V heads as the run changes them) for torch."""
     source = _source(cfg)
     if source.kind == "hub":
         return None
-    spec = load_spec(source.location)
-    if cfg.layers is not None and cfg.backend == "torch":
+    spec = load_spec(source)
+    if cfg.backend == "llamacpp":
+        return spec
+    if cfg.layers is not None:
         spec = spec.with_layers(cfg.layers)
-    if cfg.window is not None:
-        spec = spec.with_window(cfg.window)
-    if cfg.kv_heads is not None:
-        spec = spec.with_kv_heads(cfg.kv_heads)
-    prec = (Precision(cfg.dtype, cfg.dtype, _kv_format(cfg)) if cfg.backend == "torch"
+    return cfg.variant.apply_spec(spec)
+
+
+def predicted_workload(cfg: BenchConfig, spec: ModelSpec | None = None):
+    """The analytic workload of the run (its memory: weights + KV + activations), before loading anything."""
+    from ridgeline.roofline import build_workload
+
+    spec = spec or model_spec(cfg)
+    if spec is None:
+        return None
+    prec = (Precision(cfg.dtype, cfg.dtype, cfg.kv_format) if cfg.backend == "torch"
             else Precision("stored", "fp32", "fp16"))
     return build_workload(spec, cfg.scenario, prec)
 
 
-def _kv_format(cfg: BenchConfig) -> str:
-    """The KV format a torch run holds: --kv, else the dtype (the model's own cache)."""
-    return cfg.kv or cfg.dtype
-
-
-def check_memory(cfg: BenchConfig) -> None:
+def check_memory(cfg: BenchConfig, spec: ModelSpec | None = None) -> None:
     """Refuse a run predicted not to fit, with the prediction in the message."""
     from ridgeline.loader import available_memory
 
-    w = predicted_workload(cfg)
+    w = predicted_workload(cfg, spec)
     if w is None:
         return
     limit = cfg.memory_limit if cfg.memory_limit is not None else available_memory()
@@ -259,65 +250,66 @@ class Loaded:
     load_s: float
     close: Callable[[], None]
     max_len: int
+    spec: ModelSpec | None = None  # llama.cpp: the GGUF's spec, parsed once for every record of this load
 
 
-def load_runner(cfg: BenchConfig, max_len: int) -> Loaded:
-    """Load the model for `cfg` (torch or llama.cpp) with room for `max_len` cached tokens."""
-    from ridgeline.loader import load_model
-    from ridgeline.measure.backends import HFRunner, LeanRunner, LlamaCppRunner
-
+def load_runner(cfg: BenchConfig, max_len: int, spec: ModelSpec | None = None) -> Loaded:
+    """Load the model for `cfg` (torch or llama.cpp) with room for `max_len` cached tokens; llama.cpp records
+    keep `spec` (the GGUF's, from `model_spec`) or parse it here."""
     t0 = time.perf_counter()
     if cfg.backend == "torch":
-        model, tok = load_model(cfg.model, cfg.dtype, layers=cfg.layers)
-        if cfg.transformed:
-            from ridgeline.eval.run import apply_transforms
-
-            source = model.ridgeline_source
-            model = apply_transforms(model, cfg.window, cfg.kv_heads)  # SWA returns a new (Mistral) model
-            model.ridgeline_source = source
-        limit = getattr(model.config, "max_position_embeddings", None)
-        if limit is not None and max_len - 1 > limit:
-            raise RidgelineError(f"{cfg.scenario.label} needs {max_len - 1} positions; the model's context limit "
-                                 f"(max_position_embeddings) is {limit}")
-        runner = None
-        if cfg.impl in ("auto", "lean") and not cfg.transformed:
-            try:
-                runner = LeanRunner(model, max_len)
-            except RidgelineError:
-                if cfg.impl == "lean":
-                    raise
-        src = model.ridgeline_source
-        model_config = model.config.to_dict()
-        from ridgeline.quant.api import bench_info
-
-        quant = bench_info(model)
-        if quant:
-            model_config["ridgeline_quant"] = quant
-        return Loaded(runner or HFRunner(model, cfg.kv, rolling=cfg.window is not None), lambda text: tok(text, add_special_tokens=False).input_ids,
-                      src.name, src.location, str(src.gguf) if src.gguf else None, model_config,
-                      time.perf_counter() - t0, lambda: None, max_len)
-    src = _source(cfg)
-    if cfg.layers is not None:
-        raise RidgelineError("--layers (depth sweeps) runs on the torch backend; llama.cpp runs the whole GGUF")
+        return _load_torch(cfg, max_len, t0)
+    from ridgeline.measure.backends import LlamaCppRunner
     from ridgeline.measure.probe import torch_threads
+    from ridgeline.specs import spec_from_gguf
 
+    src = _source(cfg)
     with torch_threads(None) as default_threads:
         threads = cfg.threads or default_threads
     runner = LlamaCppRunner(str(src.gguf), max_len, threads)
     return Loaded(runner, runner.tokenize, src.name, src.location, str(src.gguf), {}, time.perf_counter() - t0,
-                  runner.close, max_len)
+                  runner.close, max_len, spec or spec_from_gguf(src.gguf))
+
+
+def _load_torch(cfg: BenchConfig, max_len: int, t0: float) -> Loaded:
+    from ridgeline.loader import load_model
+    from ridgeline.measure.backends import HFRunner, LeanRunner
+    from ridgeline.quant import bench_info
+
+    model, tok = load_model(cfg.model, cfg.dtype, layers=cfg.layers)
+    model = cfg.variant.apply(model)  # SWA returns a new (Mistral) model
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and max_len - 1 > limit:
+        raise RidgelineError(f"{cfg.scenario.label} needs {max_len - 1} positions; the model's context limit "
+                             f"(max_position_embeddings) is {limit}")
+    runner = None
+    if cfg.impl in ("auto", "lean") and not cfg.variant.transformed:
+        try:
+            runner = LeanRunner(model, max_len)
+        except RidgelineError:
+            if cfg.impl == "lean":
+                raise
+    src = model.ridgeline_source
+    model_config = model.config.to_dict()
+    quant = bench_info(model)
+    if quant:
+        model_config["ridgeline_quant"] = quant
+    runner = runner or HFRunner(model, cfg.variant.kv, rolling=cfg.variant.window is not None)
+    return Loaded(runner, lambda text: tok(text, add_special_tokens=False).input_ids, src.name, src.location,
+                  str(src.gguf) if src.gguf else None, model_config, time.perf_counter() - t0, lambda: None, max_len)
 
 
 def run_bench(cfg: BenchConfig, loaded: Loaded | None = None, progress: Progress | None = None) -> BenchRecord:
-    """Time `cfg.repeats` repeats of the scenario after warm-up; loads the model unless `loaded` is given."""
+    """Time `cfg.repeats` repeats of the scenario after warm-up; loads the model (memory checked first) unless
+    `loaded` is given (the grid runner checks every run before loading anything)."""
     from ridgeline.measure.probe import torch_threads
 
-    check_memory(cfg)
     sc = cfg.scenario
     own = loaded is None
     total = cfg.warmup + cfg.repeats
     with torch_threads(cfg.threads) as threads:
         if own:
+            check_memory(cfg)
             if progress:
                 progress("loading model", 0, total)
             loaded = load_runner(cfg, _max_len(sc))
@@ -347,9 +339,4 @@ def run_bench(cfg: BenchConfig, loaded: Loaded | None = None, progress: Progress
     if progress:
         progress("done", total, total)
     return BenchRecord(cfg, runner.impl, threads, loaded.name, loaded.location, loaded.gguf,
-                       loaded.load_s, warmup_s, tuple(samples), machine_info(), loaded.model_config)
-
-
-def with_scenario(cfg: BenchConfig, scenario: Scenario) -> BenchConfig:
-    """The same run at another scenario."""
-    return replace(cfg, scenario=scenario)
+                       loaded.load_s, warmup_s, tuple(samples), machine_info(), loaded.model_config, loaded.spec)

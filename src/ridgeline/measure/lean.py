@@ -95,7 +95,7 @@ def _fused(parts: list[torch.Tensor]) -> torch.Tensor:
 def _fuse(modules: list[nn.Module]) -> nn.Module:
     """One module computing the concatenated outputs of `modules`: nn.Linear weights (and biases) are fused
     copies (a lone module is shared, not copied); quantized modules are concatenated by their own `cat`."""
-    from ridgeline.quant.linear import QuantLinear
+    from ridgeline.quant import QuantLinear
 
     if isinstance(modules[0], QuantLinear):
         return modules[0] if len(modules) == 1 else type(modules[0]).cat(modules)

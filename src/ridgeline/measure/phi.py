@@ -12,18 +12,16 @@ the bandwidth points at the byte count (e.g. weights that stay cache-resident) o
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from ridgeline.measure.bench import BenchRecord
 from ridgeline.measure.stats import Stat, summarize
-from ridgeline.roofline.evaluate import Prediction, evaluate
-from ridgeline.roofline.workload import Options, Workload, build_workload
-from ridgeline.specs.device import DeviceSpec
-from ridgeline.specs.scenario import Precision
+from ridgeline.roofline import Options, Prediction, Workload, build_workload, evaluate
+from ridgeline.specs import (DeviceSpec, ModelSpec, Precision, spec_from_config, spec_from_gguf,
+                             with_stored_formats)
 
-_FLOAT_GGUF = {"F32", "F16", "BF16"}
+_FLOAT_GGUF = {"f32", "f16", "bf16"}  # ggml type names as TensorSpec holds them
 
 
 @dataclass(frozen=True)
@@ -83,20 +81,23 @@ class RunPhi:
                 "prefill": self.prefill.to_json(), "decode": self.decode.to_json()}
 
 
+def _gguf_spec(record: BenchRecord) -> ModelSpec:
+    """The GGUF's spec of a llama.cpp record: the one parsed at load, else (a record built by hand) read now."""
+    return record.spec if record.spec is not None else spec_from_gguf(record.gguf)
+
+
 def record_precision(record: BenchRecord) -> Precision:
     """Formats the run actually used: torch dtype everywhere; llama.cpp: GGUF types, fp32 activations,
     f16 KV, and the int8 roof for quantized weights (its CPU kernels use integer dot products)."""
     if record.config.backend == "torch":
-        d, kv = record.config.dtype, record.config.kv or record.config.dtype
+        d, kv = record.config.dtype, record.config.kv_format
         quant = record.model_config.get("ridgeline_quant")
         if quant:  # quantized: stored formats per tensor; W8A8 (_int_mm) computes on the int8 roof
             return Precision("stored", d, kv, compute="int8" if "_int_mm" in quant["kernels"] else d)
         return Precision(d, d, kv)
-    from ridgeline.specs.gguf_model import spec_from_gguf
-
-    types = {t.ggml_type for t in spec_from_gguf(record.gguf).gguf_tensors if len(t.shape) > 1}
+    types = {t.ggml_type for t in _gguf_spec(record).gguf_tensors if len(t.shape) > 1}
     quantized = bool(types - _FLOAT_GGUF)
-    compute = "int8" if quantized else ("bf16" if "BF16" in types else "fp32")
+    compute = "int8" if quantized else ("bf16" if "bf16" in types else "fp32")
     return Precision("stored", "fp32", "fp16", compute=compute)
 
 
@@ -107,26 +108,21 @@ def weights_label(record: BenchRecord) -> str:
         return quant["label"] if quant else record.config.dtype
     from collections import Counter
 
-    from ridgeline.specs.gguf_model import spec_from_gguf
-
     c: Counter = Counter()
-    for t in spec_from_gguf(record.gguf).gguf_tensors:
+    for t in _gguf_spec(record).gguf_tensors:
         c[t.ggml_type] += t.nbytes or 0
     return c.most_common(1)[0][0]
 
 
 def record_workload(record: BenchRecord, options: Options | None = None) -> Workload:
     """The Workload of exactly the scenario that ran, on the model that ran (its layers, its formats)."""
-    from ridgeline.specs.gguf_model import spec_from_gguf
-    from ridgeline.specs.model import spec_from_config, with_stored_formats
-
     if record.config.backend == "torch":
         spec = spec_from_config(record.model_config, record.model_name, record.model_source)
         quant = record.model_config.get("ridgeline_quant")
         if quant:
             spec = with_stored_formats(spec, quant["tensor_formats"], record.config.dtype)
     else:
-        spec = spec_from_gguf(record.gguf)
+        spec = _gguf_spec(record)
     return build_workload(spec, record.config.scenario, record_precision(record), options)
 
 
@@ -169,19 +165,3 @@ def place(record: BenchRecord, device: DeviceSpec, role: str, options: Options |
     decode = _phase_phi("decode", pred.decode, [s.decode_s for s in record.samples], pred.decode.time_s,
                         pred.peak_flops, bw)
     return RunPhi(device, role, pred, prefill, decode)
-
-
-def result_json(record: BenchRecord, placed: list[RunPhi]) -> dict:
-    """A bench record with its roofline placements: what `ridgeline bench --json` writes per run."""
-    out = record.to_json()
-    out["roofline"] = [p.to_json() for p in placed]
-    out["weights"] = weights_label(record)
-    if placed:
-        w = placed[0].prediction.workload
-        out["model"]["layers"] = w.model.n_layers
-        out["model"]["params"] = w.model.param_count()
-        out["workload"] = {"precision": w.precision.to_json(), "options": dataclasses.asdict(w.options),
-                           "weights_bytes": w.weights_bytes, "kv_bytes": w.kv_bytes,
-                           "decode_bytes_per_token": placed[0].decode.bytes / max(record.config.scenario.generate, 1),
-                           "decode_flops_per_token": placed[0].decode.flops / max(record.config.scenario.generate, 1)}
-    return out

@@ -26,7 +26,8 @@ from typing import Callable, Iterator
 
 from ridgeline.errors import RidgelineError
 from ridgeline.measure.stats import Stat, cpu_model, machine_info, summarize
-from ridgeline.specs.device import DeviceSpec, Provenance, user_dir
+from ridgeline.io import user_dir
+from ridgeline.specs import DeviceSpec, Provenance
 
 GEMM_DTYPES = ("fp32", "bf16", "fp16", "int8")
 GEMV_DTYPES = ("fp32", "bf16")  # weight dtypes decode streams through torch's matrix-vector kernels
@@ -240,7 +241,7 @@ def save_device(device: DeviceSpec, result: ProbeResult | None = None) -> Path:
 
 def roof_for_threads(device: DeviceSpec, threads: int) -> DeviceSpec:
     """The probe of `device` at `threads` threads (saved as `<id>-<n>t`) when there is one, else `device`."""
-    from ridgeline.specs.device import catalogue
+    from ridgeline.specs import catalogue
 
     if device.threads == threads:
         return device

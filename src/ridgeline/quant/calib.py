@@ -43,7 +43,7 @@ class CalibrationConfig:
 def calibration_text(source: str) -> str:
     """The calibration split of the offline corpus ("corpus") or the contents of a text file."""
     if source == "corpus":
-        from ridgeline.eval.corpus import load_corpus
+        from ridgeline.corpus import load_corpus
 
         return load_corpus("calib").text
     path = Path(source)
@@ -139,11 +139,6 @@ def _batch_kwargs(kwargs: dict[str, Any], batch: int) -> dict[str, Any]:
             v = tuple(t[:batch] if t.dim() >= 1 and t.shape[0] > batch else t for t in v)
         out[k] = v
     return out
-
-
-def linear_children(module: nn.Module) -> dict[str, nn.Linear]:
-    """The nn.Linear modules inside `module`, by their name relative to it."""
-    return {name: m for name, m in module.named_modules() if isinstance(m, nn.Linear)}
 
 
 @contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ridgeline.errors import RidgelineError
-from ridgeline.specs.formats import get_format
+from ridgeline.specs import get_format
 
 
 def _family(fmt: str) -> tuple[str, str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ridgeline.errors import RidgelineError
@@ -101,7 +101,7 @@ class BFPConfig:
 
     def __post_init__(self) -> None:
         """Both formats must be MX or BFP formats."""
-        from ridgeline.specs.formats import get_format
+        from ridgeline.specs import get_format
 
         for what, name in (("weight", self.weight_format), ("activation", self.act_format)):
             if name is not None and get_format(name).family not in ("mx", "bfp"):
@@ -119,7 +119,7 @@ class GGUFConfig:
 
     def __post_init__(self) -> None:
         """Known recipe or single ggml type."""
-        from ridgeline.specs.recipes import RECIPES
+        from ridgeline.specs import RECIPES
 
         if self.recipe.strip().lower() not in RECIPES:
             raise RidgelineError(f"unknown GGUF recipe {self.recipe!r}; expected one of {', '.join(sorted(RECIPES))}")
@@ -135,23 +135,6 @@ METHODS: dict[str, type] = {c.method: c for c in (RTNConfig, LLMInt8Config, Smoo
 def config_to_dict(config: Config) -> dict[str, Any]:
     """JSON-ready dict with the method name."""
     return {"method": config.method, **asdict(config)}
-
-
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """Rebuild a config from `config_to_dict` output (raises on an unknown method or field)."""
-    data = dict(data)
-    cls = METHODS.get(data.pop("method", None))
-    if cls is None:
-        raise RidgelineError(f"unknown quantization method in config; expected one of {', '.join(METHODS)}")
-    names = {f.name for f in fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise RidgelineError(f"{cls.method} config: unknown fields {sorted(unknown)}")
-    if isinstance(data.get("calibration"), dict):
-        data["calibration"] = CalibrationConfig(**data["calibration"])
-    if isinstance(data.get("grid"), list):
-        data["grid"] = tuple(data["grid"])
-    return cls(**data)
 
 
 def make_config(method: str, *, bits: int | None = None, group: int | None = None, sym: bool | None = None,

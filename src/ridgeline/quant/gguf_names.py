@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from ridgeline.errors import RidgelineError
-from ridgeline.specs.recipes import RecipeContext
+from ridgeline.specs import RecipeContext, attention_dims
 
 #: llama-family projection names (transformers) → GGUF tensor names (llama.cpp's convert_hf_to_gguf.py)
 _LAYER_TENSORS = {
@@ -37,7 +37,6 @@ def recipe_context(model: Any, arch: str = "llama") -> RecipeContext:
     cfg = model.config
     head, embed = model.get_output_embeddings(), model.get_input_embeddings()
     tied = head is None or getattr(head, "weight", None) is embed.weight
-    heads = cfg.num_attention_heads
-    kv = getattr(cfg, "num_key_value_heads", None) or heads
-    return RecipeContext(n_layers=cfg.num_hidden_layers, n_gqa=max(1, heads // max(1, kv)), has_output=not tied,
-                         arch=arch)
+    dims = attention_dims(cfg)
+    return RecipeContext(n_layers=dims.n_layers, n_gqa=max(1, dims.n_heads // max(1, dims.n_kv_heads)),
+                         has_output=not tied, arch=arch)

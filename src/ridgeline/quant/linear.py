@@ -55,7 +55,7 @@ class QuantLinear(nn.Module):
 
     def weight_bytes(self) -> int:
         """Bytes of the weight as its format stores it (the registry's count)."""
-        from ridgeline.specs.formats import get_format
+        from ridgeline.specs import get_format
 
         return get_format(self.weight_format).tensor_bytes((self.out_features, self.in_features))
 

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from ridgeline.errors import RidgelineError
-from ridgeline.specs.formats import NumberFormat, get_format
+from ridgeline.specs import NumberFormat, get_format
 
 __all__ = [
     "MX_BLOCK", "MX_FORMATS", "ROUNDING_MODES", "ElementFormat", "decode", "element_format", "encode",
@@ -341,3 +341,17 @@ def roundtrip_error(fmt: str, n: int = 64 * 4096, seed: int = 0, *, rounding: st
     rel = math.sqrt(err / sig)
     return {"format": nf.name, "n": n, "seed": seed, "bits": nf.bits, "rel_rmse": rel,
             "qsnr_db": (-20.0 * math.log10(rel)) if rel > 0 else math.inf}
+
+
+def bfp_codes(xb: torch.Tensor, mantissa: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """BFP(block, m) of float32 blocks [n, block], rounding half to even: (shared exponent E, int64 [n]; the
+    (1 + m)-bit sign-magnitude element codes, int64 [n, block]) as `encode` stores them."""
+    ef = _bfp_element(mantissa)
+    shared, q = _quantize_blocks(xb, ef, "even")
+    return shared, _codes(q, ef)
+
+
+def bfp_values(shared: torch.Tensor, codes: torch.Tensor, mantissa: int) -> torch.Tensor:
+    """The inverse of `bfp_codes`: float64 values [n, block] of the shared exponents and element codes."""
+    return _values(codes, _bfp_element(mantissa)) * _pow2(shared)[:, None]
+

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from ridgeline.errors import RidgelineError
+from ridgeline.io import atomic_folder
 
 MANIFEST = "ridgeline_quant.json"
 WEIGHTS = "model.safetensors"
@@ -53,12 +53,7 @@ def save_quantized(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike)
     if not manifest:
         raise RidgelineError("the model is not quantized by ridgeline (quantize_ it first)")
     out = Path(out_dir)
-    if not out.parent.is_dir():
-        raise RidgelineError(f"cannot write {out}: folder {out.parent} does not exist")
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
+    with atomic_folder(out) as tmp:
         model.config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -67,11 +62,6 @@ def save_quantized(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike)
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         data = dict(manifest, aliases=aliases, float_dtype=str(dtype).removeprefix("torch."))
         (tmp / MANIFEST).write_text(json.dumps(data, indent=1, default=str) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -92,7 +82,7 @@ def load_quantized(path: str | os.PathLike, dtype: torch.dtype | None = None) ->
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ridgeline.quant.api import set_module
+    from ridgeline.quant.modules import set_module
     from ridgeline.quant.linear import module_from_spec
 
     folder = Path(path)

@@ -18,8 +18,11 @@ import torch
 from torch import nn
 
 from ridgeline.quant.calib import LayerInputs, capture_inputs, decoder_layers, feed, first_layer_inputs, run_layer
+from ridgeline.quant.config import GPTQConfig
 from ridgeline.quant.gptq import HessianAccumulator, gptq_quantize
 from ridgeline.quant.linear import QuantLinear, from_int_quant
+from ridgeline.quant.modules import bias_of, float_weight, layer_linears, set_module
+from ridgeline.quant.registry import QuantizeContext, register_handler
 
 #: llama-family projections in the order a decoder layer runs them, grouped as true-sequential quantizes them
 _SEQUENTIAL = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",),
@@ -28,10 +31,7 @@ _SEQUENTIAL = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("s
 
 def _groups(layer: nn.Module, true_sequential: bool) -> list[list[str]]:
     """Names of the layer's linears in quantization groups (one group of all when the layout is unknown)."""
-    from ridgeline.quant.api import _ROUTER_NAMES
-
-    linears = [n for n, m in layer.named_modules() if isinstance(m, nn.Linear)
-               and not any(n.endswith(r) for r in _ROUTER_NAMES)]
+    linears = layer_linears(layer)
     known = [list(g) for g in _SEQUENTIAL]
     if true_sequential and sorted(linears) == sorted(n for g in known for n in g):
         return known
@@ -41,8 +41,6 @@ def _groups(layer: nn.Module, true_sequential: bool) -> list[list[str]]:
 def _quantize_group(layer: nn.Module, names: list[str], inputs: LayerInputs, config: Any, stop: bool,
                     prefix: str, new: dict[str, QuantLinear], losses: dict[str, float]) -> None:
     """Accumulate Hessians for `names` from one pass over the inputs, then GPTQ and swap each module."""
-    from ridgeline.quant.api import _bias, _weight, set_module
-
     modules = {n: layer.get_submodule(n) for n in names}
     hessians: dict[str, HessianAccumulator] = {}
     share: dict[str, str] = {}
@@ -64,19 +62,18 @@ def _quantize_group(layer: nn.Module, names: list[str], inputs: LayerInputs, con
     for name, m in modules.items():
         fqn = f"{prefix}.{name}"
         H = hessians[share.get(name, name)].hessian()
-        result = gptq_quantize(_weight(m, fqn), H, bits=config.bits, group=config.group, sym=config.sym,
+        result = gptq_quantize(float_weight(m, fqn), H, bits=config.bits, group=config.group, sym=config.sym,
                                act_order=config.act_order, static_groups=config.static_groups,
                                damp=config.damp, block_size=config.block_size)
-        new[fqn] = from_int_quant(result.quant, _bias(m), kernel=config.kernel)
+        new[fqn] = from_int_quant(result.quant, bias_of(m), kernel=config.kernel)
         losses[fqn] = float(result.loss)
         set_module(layer, name, new[fqn])
 
 
-def gptq_model(model: nn.Module, config: Any, ids: torch.Tensor, progress: Any,
-               manifest: dict[str, Any]) -> dict[str, QuantLinear]:
+@register_handler(GPTQConfig)
+def gptq_model(model: nn.Module, config: GPTQConfig, ctx: QuantizeContext) -> dict[str, QuantLinear]:
     """Quantize every decoder-layer linear (and lm_head if asked) with GPTQ; fills manifest['gptq']."""
-    from ridgeline.quant.api import _bias, _weight, set_module
-
+    ids = ctx.calibration(config)
     layers = decoder_layers(model)
     prefix = next(name for name, m in model.named_modules() if m is layers)
     inputs = first_layer_inputs(model, ids)
@@ -90,8 +87,7 @@ def gptq_model(model: nn.Module, config: Any, ids: torch.Tensor, progress: Any,
             _quantize_group(layer, group, inputs, config, stop=len(groups) > 1, prefix=f"{prefix}.{i}",
                             new=new, losses=losses)
         inputs = LayerInputs(run_layer(layer, inputs), inputs.kwargs)
-        if progress:
-            progress(i + 1, total, f"layer {i}")
+        ctx.report(i + 1, total, f"layer {i}")
     if config.include_lm_head:
         head = model.lm_head
         acc = HessianAccumulator(head.in_features)
@@ -99,13 +95,12 @@ def gptq_model(model: nn.Module, config: Any, ids: torch.Tensor, progress: Any,
             norm = model.get_decoder().norm
             for h in inputs.hidden:
                 acc.add(norm(h))
-        result = gptq_quantize(_weight(head, "lm_head"), acc.hessian(), bits=config.bits, group=config.group,
+        result = gptq_quantize(float_weight(head, "lm_head"), acc.hessian(), bits=config.bits, group=config.group,
                                sym=config.sym, act_order=config.act_order, static_groups=config.static_groups,
                                damp=config.damp, block_size=config.block_size)
-        new["lm_head"] = from_int_quant(result.quant, _bias(head), kernel=config.kernel)
+        new["lm_head"] = from_int_quant(result.quant, bias_of(head), kernel=config.kernel)
         losses["lm_head"] = float(result.loss)
         set_module(model, "lm_head", new["lm_head"])
-        if progress:
-            progress(total, total, "lm_head")
-    manifest["gptq"] = {"calibration_tokens": int(ids.numel()), "loss": losses}
+        ctx.report(total, total, "lm_head")
+    ctx.manifest["gptq"] = {"calibration_tokens": int(ids.numel()), "loss": losses}
     return new

@@ -20,6 +20,9 @@ from torch import nn
 
 from ridgeline.errors import RidgelineError
 from ridgeline.quant.calib import decoder_layers
+from ridgeline.quant.config import SmoothQuantConfig
+from ridgeline.quant.methods import quantize_w8a8
+from ridgeline.quant.registry import QuantizeContext, register_handler
 
 #: (norm attribute, linear names in order) per llama-family decoder layer; the first alternative present wins
 _PAIRS = (
@@ -97,11 +100,10 @@ def _calibration_nll(model: nn.Module, ids: torch.Tensor) -> float:
         return float(model(input_ids=ids, labels=ids, use_cache=False).loss)
 
 
-def smoothquant_model(model: nn.Module, config: Any, ids: torch.Tensor, progress: Any,
-                      manifest: dict[str, Any]) -> dict[str, Any]:
+@register_handler(SmoothQuantConfig)
+def smoothquant_model(model: nn.Module, config: SmoothQuantConfig, ctx: QuantizeContext) -> dict[str, Any]:
     """Calibrate, (search α,) smooth and quantize every linear to W8A8; fills manifest['smoothquant']."""
-    from ridgeline.quant.api import _w8a8
-
+    ids = ctx.calibration(config)
     maxima = activation_maxima(model, ids)
     alpha = config.alpha
     scores = {}
@@ -110,15 +112,14 @@ def smoothquant_model(model: nn.Module, config: Any, ids: torch.Tensor, progress
         for i, a in enumerate(config.grid):
             trial = copy.deepcopy(model)
             smooth_(trial, maxima, a)
-            _w8a8(trial, None, config.include_lm_head, None)
+            quantize_w8a8(trial, None, config.include_lm_head, None)
             scores[a] = _calibration_nll(trial, probe)
             del trial
-            if progress:
-                progress(i + 1, len(config.grid), f"alpha {a}")
+            ctx.report(i + 1, len(config.grid), f"alpha {a}")
         alpha = min(scores, key=scores.get)
     factors = smooth_(model, maxima, alpha)
-    new = _w8a8(model, None, config.include_lm_head, progress)
-    manifest["smoothquant"] = {
+    new = quantize_w8a8(model, None, config.include_lm_head, ctx)
+    ctx.manifest["smoothquant"] = {
         "alpha": alpha, "searched": scores or None,
         "max_factor": max(float(s.max()) for s in factors.values()),
         "min_factor": min(float(s.min()) for s in factors.values()),

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ridgeline.io import atomic_path
-from ridgeline.roofline.evaluate import Prediction
+from ridgeline.roofline import Prediction
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ridgeline.report.html import Column, Report
-from ridgeline.report.measured import flat_rows, phi_warnings
+from ridgeline.report.measured import phi_warnings
 from ridgeline.report.tables import si
 
 
@@ -26,11 +26,11 @@ def _pct(x: float) -> str:
     return f"{x:.0%}"
 
 
-def summary_report(title: str, probe: dict | None, predictions: Sequence[dict], results: Sequence[dict],
+def summary_report(title: str, probe: dict | None, predictions: Sequence[dict], bench_rows: Sequence[dict],
                    plots: Sequence[tuple[Path, str]], notes: Sequence[str] = (),
                    quality: Sequence[dict] = ()) -> Report:
-    """Build the page: `probe` (ProbeResult JSON), analytic `predictions` (analyze JSON), bench `results`,
-    (svg, caption) plots, and evaluation records for the quality table."""
+    """Build the page: `probe` (ProbeResult JSON), analytic `predictions` (analyze JSON), bench rows
+    (`ridgeline.measure.flat_rows`), (svg, caption) plots, and evaluation records for the quality table."""
     rep = Report(title)
     for n in notes:
         rep.para(n, "note")
@@ -74,10 +74,9 @@ def summary_report(title: str, probe: dict | None, predictions: Sequence[dict], 
                          Column("OI prefill", "oi_prefill", _f1), Column("OI decode", "oi_decode", lambda v: f"{v:.2f}"),
                          Column("bound (prefill / decode)", "bound", left=True),
                          Column("memory", "memory", lambda v: si(v, "B", 1024))])
-    if results:
+    if bench_rows:
         rep.heading("Measured runs and Φ")
-        rows = flat_rows(results)
-        rep.table(rows, [Column("run", "run", left=True), Column("scenario", "scenario", left=True),
+        rep.table(bench_rows, [Column("run", "run", left=True), Column("scenario", "scenario", left=True),
                          Column("threads", "threads"), Column("layers", "layers"),
                          Column("TTFT ms", "ttft_s", _ms), Column("prefill tok/s", "prefill_tokens_per_s", _f1),
                          Column("decode tok/s", "decode_tokens_per_s", _f1),
@@ -92,13 +91,11 @@ def summary_report(title: str, probe: dict | None, predictions: Sequence[dict], 
                          Column("Φ decode (catalogue)", "phi_decode_catalogue", _phi)],
                   caption="medians over repeats (min-max of decode tok/s); Φ = achieved / attainable FLOP/s at the "
                           "phase's operational intensity; error = |predicted - measured| / measured decode time per token")
-        for w in phi_warnings(results):
+        for w in phi_warnings(bench_rows):
             rep.para(f"modelling error: {w}", "warn")
-        r0 = results[0]
-        rep.para(f"load and warm-up are excluded from phase times: load {r0['load_s']:.1f} s, "
-                 f"warm-up {r0['warmup_s']:.1f} s for the first run; machine {r0['machine']['cpu']}, "
-                 f"torch {r0['machine']['versions'].get('torch')}, "
-                 f"llama-cpp-python {r0['machine']['versions'].get('llama_cpp_python')}", "note")
+        first = bench_rows[0]
+        rep.para(f"load and warm-up are excluded from phase times: load {first['load_s']:.1f} s, "
+                 f"warm-up {first['warmup_s']:.1f} s for the first run", "note")
     if quality:
         from ridgeline.report.quality import quality_columns, quality_rows
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from ridgeline.roofline.evaluate import Prediction
-from ridgeline.specs.formats import get_kv_format
-from ridgeline.specs.model import ModelSpec
+from ridgeline.roofline import Prediction
+from ridgeline.specs import ModelSpec, get_kv_format
 
 
 def si(x: float, unit: str = "", base: float = 1000.0) -> str:
@@ -210,3 +209,69 @@ def serve_tables(record: dict) -> list[Table]:
             d.add_row(*row)
         out.append(d)
     return out
+
+
+def export_table(result) -> Table:
+    """A written GGUF (`ridgeline.quant.export_gguf`'s result): tensors and bytes per ggml type."""
+    t = Table(title=f"{result.path} ({result.type})",
+              caption=f"{result.bits_per_weight:.3f} bits per weight, {result.seconds:.1f} s", caption_justify="left")
+    t.add_column("ggml type")
+    t.add_column("tensors", justify="right")
+    t.add_column("bytes", justify="right")
+    for kind, count in sorted(result.type_counts.items()):
+        t.add_row(kind, str(count), si(result.type_bytes[kind], "B"))
+    t.add_row("total (file)", str(result.tensors), si(result.bytes, "B"))
+    return t
+
+
+def gqa_table(record: dict) -> Table:
+    """A `ridgeline gqa` record: KV heads, KV bytes per token and held-out perplexity per stage."""
+    rows, up = record["stages"], record["uptrain"]
+    base = rows[0]["kv_bytes_per_token"]
+    t = Table(title=f"{record['model']}: K/V heads {rows[0]['kv_heads']} -> {record['kv_heads']}, {up['steps']} "
+                    f"{up['optimizer']} steps ({up['tokens_seen']} tokens, {up['seconds']:.0f} s)")
+    for c in ("stage", "KV heads", "KV bytes/token", "KV saved", "held-out ppl"):
+        t.add_column(c, justify="left" if c == "stage" else "right")
+    for r in rows:
+        t.add_row(r["stage"], str(r["kv_heads"]), f"{r['kv_bytes_per_token']:,.0f}",
+                  f"{1 - r['kv_bytes_per_token'] / base:.0%}", f"{r['ppl']:.2f}")
+    return t
+
+
+def devices_table(devs: dict) -> Table:
+    """The device catalogue: bandwidth, memory, peak per dtype, TDP, provenance."""
+    from rich.markup import escape
+
+    from ridgeline.specs import DTYPES
+
+    t = Table(title="devices (peaks are dense FLOP/s or OP/s)")
+    for col in ("id", "name", "memory", "bandwidth", *DTYPES, "TDP", "provenance"):
+        t.add_column(col, justify="right" if col not in ("id", "name", "provenance") else "left")
+    for d in devs.values():
+        t.add_row(escape(d.id), escape(d.name), si(d.memory_bytes, "B", 1024), si(d.bandwidth_Bps, "B/s"),
+                  *[si(d.peak_flops[k]) if k in d.peak_flops else "" for k in DTYPES],
+                  f"{d.tdp_w:g} W" if d.tdp_w else "", escape(f"{d.provenance.kind}, {d.provenance.date}"))
+    return t
+
+
+def models_table(rows: list[dict]) -> Table:
+    """The model catalogue rows (`ridgeline.specs.model_rows`)."""
+    t = Table(title="model catalogue")
+    for col in ("id", "type", "params", "layers", "hidden", "attention", "KV/token bf16", "tied", "MoE"):
+        t.add_column(col, justify="right" if col in ("params", "layers", "hidden", "KV/token bf16") else "left",
+                     no_wrap=True)
+    for r in rows:
+        t.add_row(r["id"], r["model_type"], si(r["params"]), str(r["layers"]), str(r["hidden"]),
+                  r["attention"], si(r["kv_bytes_per_token_bf16"], "B"), "yes" if r["tied"] else "",
+                  "yes" if r["moe"] else "")
+    return t
+
+
+def formats_table(fmts: list) -> Table:
+    """The number-format registry with bits per element."""
+    t = Table(title="number formats (per-channel: + per-row scale bytes / row length)")
+    for col in ("name", "family", "bits/element", "block", "description"):
+        t.add_column(col)
+    for f in fmts:
+        t.add_row(f.name, f.family, f"{f.bits:.4g}", "row" if f.block == 0 else str(f.block), f.description)
+    return t

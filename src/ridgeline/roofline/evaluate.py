@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ridgeline.roofline.workload import KINDS, Phase, Workload
-from ridgeline.specs.device import DeviceSpec
-from ridgeline.specs.formats import get_kv_format
+from ridgeline.specs import DeviceSpec, get_kv_format
 
 
 @dataclass(frozen=True)

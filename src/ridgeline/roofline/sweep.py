@@ -9,9 +9,7 @@ from typing import Any, Iterable, Sequence
 from ridgeline.errors import RidgelineError
 from ridgeline.roofline.evaluate import evaluate
 from ridgeline.roofline.workload import Options, build_workload
-from ridgeline.specs.device import DeviceSpec
-from ridgeline.specs.model import ModelSpec
-from ridgeline.specs.scenario import Precision, Scenario
+from ridgeline.specs import DeviceSpec, ModelSpec, Precision, Scenario, get_format, get_kv_format, is_recipe
 
 #: columns of a sweep row, in table order
 COLUMNS = ("model", "layers", "device", "scenario", "prompt", "generate", "batch", "weights", "acts", "kv",
@@ -31,6 +29,19 @@ class SweepAxes:
     batches: tuple[int, ...] = (1,)
     acts: str = "bf16"
     kv: str = "bf16"
+
+    def __post_init__(self) -> None:
+        for b in self.batches:
+            if b < 1:
+                raise RidgelineError(f"--batch: batch sizes must be >= 1, got {b}")
+        for n in self.layers:
+            if n is not None and n < 1:
+                raise RidgelineError(f"--layers: depths must be >= 1, got {n}")
+        # a misspelt format is bad input; a format that does not fit a model's rows is a row's error
+        for w in self.weights:
+            if not is_recipe(w):
+                get_format(w)
+        get_kv_format(self.kv)
 
     @property
     def size(self) -> int:
@@ -72,6 +83,25 @@ def run_sweep(axes: SweepAxes, options: Options | None = None, progress=None) ->
         if progress:
             progress(len(axes.devices))
     return rows
+
+
+#: sweep columns that hold text, not numbers
+TEXT_COLUMNS = ("model", "device", "scenario", "weights", "acts", "kv", "prefill_bound", "decode_bound", "fits", "error")
+
+
+def check_plot_axes(x: str, y: str) -> None:
+    """Refuse a sweep plot whose x is not a sweep column or whose y is not a numeric one."""
+    numeric = [c for c in COLUMNS if c not in TEXT_COLUMNS]
+    if x not in COLUMNS or x == "error":
+        raise RidgelineError(f"--x {x!r} is not a sweep column; one of {', '.join(c for c in COLUMNS if c != 'error')}")
+    if y not in numeric:
+        raise RidgelineError(f"--y {y!r} is not a numeric sweep column; one of {', '.join(numeric)}")
+
+
+def varying_columns(rows: Sequence[dict[str, Any]], x: str) -> list[str]:
+    """The axes (other than `x`) that take more than one value: what a sweep plot groups its lines by."""
+    return [c for c in ("model", "layers", "device", "scenario", "prompt", "generate", "batch", "weights")
+            if c != x and len({r[c] for r in rows}) > 1]
 
 
 def rows_to_csv(rows: Iterable[dict[str, Any]], columns: Sequence[str] | None = None) -> str:

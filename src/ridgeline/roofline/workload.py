@@ -21,10 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ridgeline.errors import RidgelineError
-from ridgeline.specs.formats import KVFormat, NumberFormat, get_format, get_kv_format
-from ridgeline.specs.model import Layer, ModelSpec
-from ridgeline.specs.recipes import RecipeContext, is_recipe, tensor_type
-from ridgeline.specs.scenario import Precision, Scenario
+from ridgeline.specs import (KVFormat, Layer, ModelSpec, NumberFormat, Precision, RecipeContext, Scenario, get_format,
+                             get_kv_format, is_recipe, tensor_type)
 
 KINDS = ("weights", "activations", "kv_read", "kv_write")
 

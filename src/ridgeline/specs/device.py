@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ridgeline.errors import RidgelineError
+from ridgeline.io import user_dir
 
 #: dtypes a device may list peaks for; "int4" and "fp8" only where the hardware has them
 DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4")
@@ -144,11 +144,6 @@ def load_device_file(path: str | Path) -> list[DeviceSpec]:
         data = data["devices"]
     entries = data if isinstance(data, list) else [data]
     return [device_from_dict(e, f"{path.name}[{i}]") for i, e in enumerate(entries)]
-
-
-def user_dir() -> Path:
-    """Where ridgeline keeps user state (measured devices, caches): $RIDGELINE_HOME or ~/.cache/ridgeline."""
-    return Path(os.environ.get("RIDGELINE_HOME") or Path.home() / ".cache" / "ridgeline")
 
 
 @lru_cache(maxsize=1)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ridgeline.errors import RidgelineError
+from ridgeline.specs.gguf_header import ARRAY, STRING, read_gguf_header
 from ridgeline.specs.model import ModelSpec, TensorSpec, spec_from_config
 
 # llama.cpp architecture name -> Hugging Face model_type with the same accounting
@@ -15,36 +16,26 @@ _ARCH = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwe
          "qwen3moe": "qwen3_moe", "deepseek2": "deepseek_v2", "smollm3": "llama"}
 
 
-def _read(path: Path):
-    import gguf
-
-    try:
-        return gguf.GGUFReader(str(path))
-    except Exception as exc:  # gguf raises ValueError/struct errors/IndexError on corrupt files
-        raise RidgelineError(f"{path} is not a readable GGUF file ({type(exc).__name__}: {exc})") from None
+def _layer_of(name: str) -> int | None:
+    """The block index of `blk.N.*` tensor names (None for model-level tensors)."""
+    parts = name.split(".")
+    return int(parts[1]) if len(parts) > 2 and parts[0] == "blk" and parts[1].isdigit() else None
 
 
 def spec_from_gguf(path: str | Path) -> ModelSpec:
     """ModelSpec of a GGUF file: metadata gives the architecture, the tensor table the exact bytes."""
-    path = Path(path)
-    reader = _read(path)
+    header = read_gguf_header(path)
+    path = header.path
     meta: dict[str, Any] = {}
-    for key, f in reader.fields.items():
-        if key.startswith("tokenizer.ggml.") and key.rsplit(".", 1)[1] in ("tokens", "scores", "token_type", "merges"):
-            meta[key] = len(f.data)
-            continue
-        try:
-            meta[key] = f.contents()
-        except Exception:  # unusual field types are not needed for accounting
-            continue
+    for key, value, vtype, _ in header.kv:
+        if vtype == ARRAY:  # token lists and the like: only their length matters here
+            meta[key] = len(value)
+        else:
+            meta[key] = value.decode("utf-8", "replace") if vtype == STRING else value
     arch = meta.get("general.architecture")
     if arch not in _ARCH:
         raise RidgelineError(f"{path}: GGUF architecture {arch!r} is not supported; known: {', '.join(sorted(_ARCH))}")
-    tensors = tuple(
-        TensorSpec(t.name, tuple(int(x) for x in reversed(list(t.shape))),
-                   int(t.name.split(".")[1]) if t.name.startswith("blk.") else None,
-                   t.tensor_type.name.lower(), int(t.n_bytes))
-        for t in reader.tensors)
+    tensors = tuple(TensorSpec(t.name, t.shape, _layer_of(t.name), t.ggml_type, t.nbytes) for t in header.tensors)
     names = {t.name: t for t in tensors}
 
     def m(key: str, default: Any = None) -> Any:

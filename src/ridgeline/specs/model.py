@@ -471,14 +471,6 @@ def load_config_file(path: Path) -> dict[str, Any]:
     return cfg
 
 
-def _magic(path: Path) -> bytes:
-    try:
-        with path.open("rb") as f:
-            return f.read(4)
-    except OSError as exc:
-        raise RidgelineError(f"cannot read {path}: {exc.strerror}") from None
-
-
 def with_stored_formats(spec: ModelSpec, tensor_formats: dict[str, str], default: str) -> ModelSpec:
     """The spec with a stored-tensor table: tensors named in `tensor_formats` (GGUF names) in that format,
     other 2-D tensors in `default`, 1-D tensors in fp32 (what `--weights stored` then prices)."""
@@ -491,30 +483,42 @@ def with_stored_formats(spec: ModelSpec, tensor_formats: dict[str, str], default
     return replace(spec, gguf_tensors=tuple(table))
 
 
-def load_spec(model: str) -> ModelSpec:
-    """Resolve `model`: a config.json, a model folder (ridgeline-quantized ones with their stored formats),
-    a .gguf file, or a catalogue id."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            spec = spec_from_config(load_config_file(path / "config.json"), path.name, str(path))
-            manifest = path / "ridgeline_quant.json"
-            if manifest.is_file():
-                data = json.loads(manifest.read_text())
-                dtype = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(data.get("float_dtype"), "fp32")
-                spec = with_stored_formats(spec, data.get("tensor_formats", {}), dtype)
-            return spec
-        ggufs = sorted(path.glob("*.gguf"))
-        if ggufs:
-            return load_spec(str(ggufs[0]))
-        raise RidgelineError(f"folder {path} has no config.json and no .gguf file")
-    if path.is_file():
-        if path.suffix == ".gguf" or _magic(path) == b"GGUF":
-            from ridgeline.specs.gguf_model import spec_from_gguf
+def quantized_manifest(folder: str | Path) -> dict[str, Any] | None:
+    """The stored formats of a ridgeline-quantized folder (`ridgeline_quant.json`): per-tensor formats (GGUF
+    names) and the float format of everything else; None for any other folder."""
+    path = Path(folder) / "ridgeline_quant.json"
+    if not path.is_file():
+        return None
+    data = load_config_file(path)
+    formats = data.get("tensor_formats", {})
+    if not isinstance(formats, dict) or not all(isinstance(v, str) for v in formats.values()):
+        raise RidgelineError(f"{path}: field 'tensor_formats' must map tensor names to format names")
+    dtype = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(data.get("float_dtype"), "fp32")
+    return {"tensor_formats": formats, "float_format": dtype}
 
-            return spec_from_gguf(path)
-        return spec_from_config(load_config_file(path), path.stem if path.name != "config.json" else path.parent.name,
-                                str(path))
-    from ridgeline.specs.catalogue import catalogue_spec
 
-    return catalogue_spec(model)
+@dataclass(frozen=True)
+class AttentionDims:
+    """The attention shape of a transformers config: layers, hidden size, query/KV heads and head dim."""
+
+    n_layers: int
+    hidden: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+
+    @property
+    def kv_width(self) -> int:
+        """Elements one token's keys (or values) take in one layer: n_kv_heads · head_dim."""
+        return self.n_kv_heads * self.head_dim
+
+
+def attention_dims(config: Any) -> AttentionDims:
+    """Attention dimensions of a transformers config object (or config dict), with transformers' defaults:
+    KV heads = query heads when unset, head_dim = hidden / heads when unset."""
+    get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
+    heads = int(get("num_attention_heads"))
+    hidden = int(get("hidden_size"))
+    return AttentionDims(int(get("num_hidden_layers")), hidden, heads,
+                         int(get("num_key_value_heads", None) or heads),
+                         int(get("head_dim", None) or hidden // heads))

@@ -4,11 +4,11 @@ training and after uptraining on calibration text, and the KV bytes each keeps p
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ridgeline.io import atomic_folder
 from ridgeline.train.uptrain import UptrainConfig, uptrain
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
@@ -24,7 +24,7 @@ class GQAReport:
 
 
 def _ppl(model: Any, tokenizer: Any, text: str, context: int, max_tokens: int) -> float:
-    from ridgeline.eval.perplexity import PerplexityConfig, perplexity
+    from ridgeline.eval import PerplexityConfig, perplexity
 
     cfg = PerplexityConfig(context=context, stride=context // 2, batch_size=4, max_tokens=max_tokens)
     return perplexity(model, tokenizer, text, cfg).to_json()["token_perplexity"]
@@ -35,8 +35,8 @@ def convert_to_gqa(model: Any, tokenizer: Any, groups: int, config: UptrainConfi
     """Pool `model`'s K/V heads to `groups` (in place), uptrain on the calibration split, report each stage."""
     import torch
 
-    from ridgeline.arch.gqa import check_groups, kv_bytes_per_token, pool_kv_heads
-    from ridgeline.eval.corpus import load_corpus
+    from ridgeline.arch import check_groups, kv_bytes_per_token, pool_kv_heads
+    from ridgeline.corpus import load_corpus
 
     check_groups(model, groups)  # before the first (slow) stage
 
@@ -71,18 +71,10 @@ def convert_to_gqa(model: Any, tokenizer: Any, groups: int, config: UptrainConfi
 
 def save_model(model: Any, tokenizer: Any, out: str | os.PathLike) -> Path:
     """Save a transformers model and tokenizer as a folder, written beside `out` and renamed into place."""
-    from ridgeline.loader import _quiet_transformers
+    from ridgeline.loader import quiet_transformers
 
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        with _quiet_transformers():
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_folder(out) as tmp, quiet_transformers():
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return out

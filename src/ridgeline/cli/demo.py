@@ -1,0 +1,211 @@
+"""`ridgeline demo`: the main job on the bundled model, step by step, into one results folder.
+
+probe → analyze → bench (torch fp32/bf16, llama.cpp; depth and thread sweeps) → int8/int4 quantization →
+quality (KV formats too) → serving (paged KV, continuous batching) → report.html. Each step is a function
+that calls the library and renders its part; the command strings them together.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ridgeline.cli.common import app, command, console, csv_list, finite, int_list, layer_list, note, progress, writing
+from ridgeline.cli.measure import render_bench, run_bench_grid, run_probe
+from ridgeline.cli.serve import serve_plot
+
+#: the demo's reduced RooflineBench grid: short in/short out, longer in, longer out (few minutes on 2 cores)
+DEMO_GRID = ("128:64", "512:64", "128:256")
+
+
+def _analyze(spec, grid, probe, local, out: Path):
+    """Predictions of fp32, bf16 and the GGUF as stored on the probed roof; probe.json and analyze.json."""
+    from ridgeline.io import write_json
+    from ridgeline.report import device_roofs, plot_roofline, prediction_points
+    from ridgeline.report import summary_table
+    from ridgeline.roofline import predict, prediction_json
+    from ridgeline.specs import Precision
+
+    precisions = (Precision("fp32", "fp32", "fp32"), Precision("bf16", "bf16", "bf16"),
+                  Precision("stored", "fp32", "fp16", compute="int8"))
+    predictions = [predict(spec, local, sc, precision=p) for p in precisions for sc in grid]
+    bf16 = predictions[len(grid)]  # bf16 at the first scenario
+    console.print(summary_table(bf16))
+    with writing(out):
+        write_json(out / "probe.json", finite({"device": local.to_json(), "probe": probe.to_json()}))
+        write_json(out / "analyze.json", finite({"predictions": [prediction_json(p, per_operator=True)
+                                                                 for p in predictions]}))
+        plot = plot_roofline(device_roofs(bf16, ("fp32", "int8")), prediction_points(bf16, True),
+                             out / "roofline_analytic",
+                             title=f"{spec.name} · {grid[0].label} · bf16 on {local.name} (analytic)")
+    return predictions, plot
+
+
+def _bench(grid, repeats: int, depths: str, threads: list[int], backends: list[str]):
+    """The main grid, the depth sweep and the thread sweep, measured and placed on the local roof."""
+    from ridgeline.measure import BenchGrid, resolve_roofs
+
+    roofs = resolve_roofs("local", "auto")
+    main = run_bench_grid(BenchGrid(backends=backends, scenarios=grid, dtypes=["fp32", "bf16"], repeats=repeats),
+                          roofs)
+    render_bench(main)
+    short = dict(scenarios=grid[:1], dtypes=["bf16"], repeats=max(2, repeats - 1))
+    depth = run_bench_grid(BenchGrid(layers=layer_list(depths), **short), roofs, "depth sweep")
+    thread = run_bench_grid(BenchGrid(backends=backends, threads=threads, **short), roofs, "thread sweep")
+    render_bench(depth, "depth sweep (first k layers)")
+    render_bench(thread, "thread sweep")
+    return main, depth, thread
+
+
+def _quantize(grid, repeats: int, folder: Path) -> tuple[list[dict], list[str]]:
+    """RTN int8 and int4-g128 (lm_head too) through the CPU kernels, saved to `folder`, then measured."""
+    from ridgeline.loader import load_model
+    from ridgeline.measure import BenchGrid, resolve_roofs
+    from ridgeline.quant import make_config, param_bytes, quantize_, save_quantized
+    from ridgeline.report import quant_table
+
+    variants = {"rtn-w8": make_config("rtn", bits=8, include_lm_head=True),
+                "rtn-w4-g128": make_config("rtn", bits=4, group=128, include_lm_head=True)}
+    results = []
+    for name, config in variants.items():
+        model, tok = load_model("smollm2-135m", "fp32")
+        before = param_bytes(model)
+        manifest = quantize_(model, config)
+        save_quantized(model, tok, folder / name)
+        del model
+        console.print(quant_table(manifest, before, name))
+        grid_q = BenchGrid(model=str(folder / name), scenarios=grid[:1], dtypes=["bf16"], repeats=repeats)
+        results += run_bench_grid(grid_q, resolve_roofs("local", "auto"), name)
+    render_bench(results, f"quantized, torch bf16 activations, {grid[0].label}")
+    return results, list(variants)
+
+
+def _quality(folder: Path, names: list[str]) -> list[dict]:
+    """Held-out perplexity and cloze of fp32, bf16 and the quantized folders; perplexity through KV formats."""
+    from ridgeline.arch import Variant
+    from ridgeline.eval import EvalConfig, run_eval
+    from ridgeline.report import quality_rows, quality_table
+
+    evals = [("smollm2-135m", d, "", Variant()) for d in ("fp32", "bf16")]
+    evals += [(str(folder / name), "bf16", name, Variant()) for name in names]
+    evals += [("smollm2-135m", "fp32", "", Variant(kv=kv)) for kv in ("kivi4", "kivi2", "harmonia")]
+    quality = []
+    with progress("eval") as report:
+        for model, dtype, name, variant in evals:
+            cfg = EvalConfig(model, ("ppl",) if variant.kv else ("ppl", "cloze"), dtype=dtype, name=name, context=512,
+                             stride=256, max_tokens=4096, cloze_items=50, batch_size=4, variant=variant)
+            quality.append(run_eval(cfg, progress=lambda what, i, n, v=cfg.label: report(f"{v} {what}", i, n)))
+    console.print(quality_table(quality_rows(quality)))
+    return quality
+
+
+def _serve(out: Path) -> tuple[dict, list[Path]]:
+    """8 Poisson-arriving requests through the engine, decode steps placed on the local roof; serve.json."""
+    from ridgeline.engine import serve_trace, synthetic_trace
+    from ridgeline.io import write_json
+    from ridgeline.report import serve_tables
+    from ridgeline.specs import get_device
+
+    trace = synthetic_trace(8, 1.0, (32, 256), (16, 48), seed=0)
+    local = get_device("local")
+    info = {"synthetic": 8, "rate": 1.0, "prompt_len": [32, 256], "output_len": [16, 48], "seed": 0}
+    with progress("serving") as report:
+        run = serve_trace("smollm2-135m", trace, device=local, trace_info=info,
+                          progress=lambda d, t: report("finished", d, t))
+    for t in serve_tables(run.record):
+        console.print(t)
+    with writing(out):
+        write_json(out / "serve.json", finite(run.record))
+    return run.record, serve_plot(run.placed or [], local, "fp32", out / "serve_roofline", "smollm2-135m")
+
+
+def _write(out: Path, title: str, probe, predictions, main, depth, thread, quality, plots) -> None:
+    """bench.json, quality.json, bench.csv, the measured and sweep plots, and report.html."""
+    from ridgeline.io import write_json, write_text
+    from ridgeline.measure import flat_rows
+    from ridgeline.report import bench_plots
+    from ridgeline.report import summary_report
+    from ridgeline.roofline import prediction_json, rows_to_csv
+
+    with writing(out):
+        write_json(out / "bench.json", finite({"kind": "ridgeline.bench.results", "results": main,
+                                               "depth_sweep": depth, "thread_sweep": thread}))
+        write_json(out / "quality.json", finite({"kind": "ridgeline.eval.results", "records": quality}))
+        rows = finite(flat_rows(main + depth + thread))
+        write_text(out / "bench.csv", rows_to_csv(rows, list(dict.fromkeys(k for r in rows for k in r))))
+        figures = [(next(p for p in bench_plots(flat_rows(main), out / "roofline") if p.suffix == ".svg"),
+                    "Measured prefill and decode points (filled) and the analytic prediction (hollow) on the "
+                    "catalogue (solid) and probe (dashed) roofs")] + plots
+        for runs, stem, caption in ((depth, "depth", "Depth sweep: decode tok/s of the first k layers, measured and "
+                                     "predicted"), (thread, "threads", "Thread sweep: decode tok/s, measured and predicted")):
+            figures += [(p, caption) for p in bench_plots(flat_rows(runs), out / stem)
+                        if p.name.startswith(f"{stem}_") and p.suffix == ".svg"]
+        notes = ["Scenarios (prompt:generated): prefill of exactly P tokens, then N decode steps on the same cache; "
+                 "greedy, EOS ignored. Φ is against the probe's measured roof; the catalogue roof is this host's "
+                 "catalogue entry."]
+        report = summary_report(title, probe.to_json(), [prediction_json(p) for p in predictions], rows, figures,
+                                notes=notes, quality=quality)
+        write_text(out / "report.html", report.render())
+
+
+@app.command()
+@command
+def demo(
+    out: Path = typer.Option(Path("results/demo"), "--out", "-o", help="results folder"),
+    scenarios: str = typer.Option(",".join(DEMO_GRID), "--scenarios", help="the grid (P:N comma list)"),
+    repeats: int = typer.Option(3, "--repeats", "-r", help="timed repeats per run"),
+    depths: str = typer.Option("2,8,16,all", "--depths", help="depth sweep (first k layers, torch bf16)"),
+    thread_list: Optional[str] = typer.Option(None, "--threads", help="thread sweep (default: 1 and torch's default)"),
+    llamacpp: bool = typer.Option(True, "--llamacpp/--no-llamacpp", help="include the llama.cpp backend"),
+) -> None:
+    """The main job on the bundled model: probe → analyze → bench (torch fp32/bf16, llama.cpp) → int8/int4 quantization
+    → quality (KV formats too) → serving (paged KV, continuous batching) → HTML."""
+    import torch
+
+    from ridgeline.measure import llama_cpp_available
+    from ridgeline.report import probe_table
+    from ridgeline.specs import bundled_gguf, load_spec, parse_scenario
+
+    grid = [parse_scenario(x) for x in csv_list(scenarios, "--scenarios")]
+    gguf = bundled_gguf()
+    spec = load_spec(gguf)
+    default = torch.get_num_threads()  # what runs without --threads use
+    threads = int_list(thread_list, "--threads") if thread_list else sorted({1, default})
+    if llamacpp and not llama_cpp_available():
+        note("llama-cpp-python is not installed (pip install 'ridgeline[llamacpp]'); skipping the llama.cpp backend")
+        llamacpp = False
+    console.rule(f"[bold]ridgeline demo: {spec.name} ({spec.param_count() / 1e6:.1f} M params, {gguf.name})")
+    console.print("scenarios (prompt:generated tokens): " + ", ".join(s.label for s in grid)
+                  + f"; depth sweep {depths} layers and thread sweep {threads} at {grid[0].label}", highlight=False)
+    console.rule("1. probe: this machine's roofs")
+    for t in [t for t in threads if t != default]:  # roofs for the thread sweep (kept as local-<n>t)
+        run_probe(t, 256, 5, save=True)
+    probe, local, _ = run_probe(default, 256, 5, save=True)  # the default roof, saved as `local`
+    console.print(probe_table(probe))
+    console.rule("2. analyze: the analytic roofline on the probed roofs")
+    predictions, analytic_plot = _analyze(spec, grid, probe, local, out)
+    console.rule("3. bench: measured runs (load and warm-up excluded)")
+    main, depth, thread = _bench(grid, repeats, depths, threads, ["torch"] + (["llamacpp"] if llamacpp else []))
+    console.rule("4. quantize: int8 and int4 weight-only (lm_head too) on the CPU kernels, measured like the rest")
+    folder = Path(tempfile.mkdtemp(prefix="ridgeline-demo-"))
+    try:
+        quantized, names = _quantize(grid, repeats, folder)
+        console.rule("5. quality: held-out perplexity and cloze per variant")
+        quality = _quality(folder, names)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    console.rule("6. serve: 8 requests (Poisson arrivals) through the paged-KV continuous-batching engine")
+    _, serve_plots = _serve(out)
+    console.rule("7. results")
+    plots = [(analytic_plot[1], "Analytic roofline, every operator of the bf16 run")]
+    plots += [(p, "Serving: the engine's decode-only steps by batch size (measured) beside analyze --batch B")
+              for p in serve_plots if p.suffix == ".svg"]
+    _write(out, f"ridgeline demo: {spec.name} on {local.name}", probe, predictions, main + quantized, depth, thread,
+           quality, plots)
+    console.print(f"results in {out}/: report.html, bench.json, bench.csv, quality.json, serve.json, probe.json, "
+                  "analyze.json, roofline*.png/.svg, serve_roofline.png/.svg, depth_layers.png/.svg, "
+                  "threads_threads.png/.svg", highlight=False, markup=False)

@@ -1,0 +1,114 @@
+"""`ridgeline probe` and `ridgeline bench`: this machine's roofs, and measured runs placed on them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ridgeline.cli.common import (DEVICE_FILE, app, command, console, csv_list, device_files, dumps, int_list,
+                                  layer_list, note, progress, say, variants, write_record, writing)
+
+
+def run_probe(threads: Optional[int], array_mib: int, repeats: int, save: bool):
+    """Run the probe with progress; save it as the 'local' device (and `local-<n>t`) when asked."""
+    from ridgeline.measure import probe, probe_device, save_device
+
+    with progress("probe") as report:
+        result = probe(threads=threads, array_mib=array_mib, repeats=repeats, progress=report)
+    device = probe_device(result)
+    return result, device, save_device(device, result) if save else None
+
+
+@app.command("probe")
+@command
+def probe_command(
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="torch threads (default: torch's setting)"),
+    array_mib: int = typer.Option(512, "--array-mib", help="size of each bandwidth array, MiB (far above the LLC)"),
+    repeats: int = typer.Option(7, "--repeats", "-r", help="timed repeats per kernel (after 2 warm-ups)"),
+    save: bool = typer.Option(True, "--save/--no-save", help="save as the 'local' device for --device local"),
+    as_json: bool = typer.Option(False, "--json", help="print the full probe record as JSON"),
+) -> None:
+    """Measure this machine's roofs: read/copy/triad bandwidth, GEMM peaks (fp32, bf16, fp16, int8), GEMV rates."""
+    from ridgeline.report import probe_table
+
+    result, device, path = run_probe(threads, array_mib, repeats, save)
+    if as_json:
+        console.print_json(dumps({"device": device.to_json(), "probe": result.to_json()}))
+        return
+    console.print(probe_table(result))
+    for w in result.warnings:
+        note(w, "warning")
+    if path is not None:
+        say(f"saved as device 'local' in {path}")
+
+
+def run_bench_grid(grid, roofs, label: str = "bench") -> list[dict]:
+    """Run a bench grid with a progress bar, printing the roof notes first."""
+    from ridgeline.measure import run_grid
+
+    with progress(label) as report:
+        return run_grid(grid, roofs, report, note)
+
+
+def render_bench(results: list[dict], title: str = "measured runs", plot_stem: Optional[Path] = None,
+                 to_stderr: bool = False) -> list[Path]:
+    """The bench table, each run's prediction error, Φ > 1 warnings, and the plots when asked."""
+    from ridgeline.measure import flat_rows
+    from ridgeline.report import bench_plots, bench_table, error_line, phi_warnings
+
+    rows = flat_rows(results)
+    if not to_stderr:
+        console.print(bench_table(rows, title))
+        for line in filter(None, map(error_line, rows)):
+            say(line)
+    for w in phi_warnings(rows):
+        note(w, "modelling error")
+    if plot_stem is None:
+        return []
+    with writing(plot_stem):
+        paths = bench_plots(rows, plot_stem)
+    for p in paths:  # with --json, stdout holds only the JSON
+        say(f"wrote {p}", stderr=to_stderr)
+    return paths
+
+
+@app.command()
+@command
+def bench(
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="the bundled model (smollm2-135m), a catalogue id, a .gguf, a model folder or a hub id"),
+    backend: str = typer.Option("torch", "--backend", help="torch, llamacpp, or a comma list"),
+    scenario: str = typer.Option("SISO", "--scenario", "-s", help="SISO, LISO, SILO, LILO or P:N; comma list for several"),
+    dtype: str = typer.Option("fp32", "--dtype", help="torch weights/activations: fp32, bf16 or a comma list (llama.cpp runs the GGUF's types)"),
+    threads: Optional[str] = typer.Option(None, "--threads", "-t", help="threads, or a comma list (thread sweep)"),
+    layers: Optional[str] = typer.Option(None, "--layers", help="keep the first k layers (torch); comma list with 'all' for a depth sweep"),
+    repeats: int = typer.Option(3, "--repeats", "-r", help="timed repeats per run"),
+    warmup: int = typer.Option(1, "--warmup", help="untimed warm-up runs after loading"),
+    impl: str = typer.Option("auto", "--impl", help="torch path: lean (static cache, fused projections), hf (transformers forward), auto"),
+    device: str = typer.Option("local", "--device", "-d", help="measured roof: 'local' (from `ridgeline probe`) or any device"),
+    reference: str = typer.Option("auto", "--reference", help="catalogue roof for Φ: a device id, 'auto' (this host's entry) or 'none'"),
+    memory_limit: Optional[float] = typer.Option(None, "--memory-limit", help="refuse runs predicted to need more (GiB; default: memory available)"),
+    as_json: bool = typer.Option(False, "--json", help="print the records as JSON"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the records (JSON) here"),
+    plot_stem: Optional[Path] = typer.Option(None, "--plot", help="write STEM.png/.svg: measured points on the roofline (and STEM_layers / STEM_threads for sweeps)"),
+    kv: Optional[str] = typer.Option(None, "--kv", help="torch: KV-cache formats, comma list (kivi2, kivi4, harmonia, bfp32m4, none); runs on the transformers path, quantized caches emulated"),
+    window: Optional[str] = typer.Option(None, "--window", help="torch: sliding-window attention of W keys with a rolling-buffer cache, comma list with 'none'"),
+    kv_heads: Optional[str] = typer.Option(None, "--kv-heads", help="torch: GQA, K/V heads mean-pooled to G (no uptraining), comma list"),
+    device_file: Optional[Path] = DEVICE_FILE,
+) -> None:
+    """Measure the scenario on a real model: TTFT, every decode step, Φ against the probe and catalogue roofs."""
+    from ridgeline.measure import BenchGrid, resolve_roofs
+    from ridgeline.specs import parse_scenario
+
+    grid = BenchGrid(model=model, backends=csv_list(backend, "--backend"),
+                     scenarios=[parse_scenario(s) for s in csv_list(scenario, "--scenario")],
+                     dtypes=csv_list(dtype, "--dtype"), threads=[None] if threads is None else int_list(threads, "--threads"),
+                     layers=layer_list(layers), variants=variants(kv, window, kv_heads), repeats=repeats, warmup=warmup,
+                     impl=impl, memory_limit=None if memory_limit is None else memory_limit * 2**30)
+    results = run_bench_grid(grid, resolve_roofs(device, reference, device_files(device_file)))
+    payload = {"kind": "ridgeline.bench.results", "results": results}
+    write_record(out, payload)
+    if as_json:
+        console.print_json(dumps(payload))
+    render_bench(results, plot_stem=plot_stem, to_stderr=as_json)

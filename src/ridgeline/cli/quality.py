@@ -1,0 +1,57 @@
+"""`ridgeline eval`: perplexity, cloze and multiple-choice accuracy, one row per variant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ridgeline.cli.common import app, command, console, csv_list, dumps, progress, variants, write_record, writing
+
+
+@app.command("eval")
+@command
+def eval_(
+    models: list[str] = typer.Argument(..., help="models to compare: the bundled model (smollm2-135m), a catalogue id, .gguf, folder or hub id"),
+    tasks: str = typer.Option("ppl", "--tasks", help="comma list: ppl, cloze, and multiple-choice tasks as NAME=FILE or NAME with --task-dir (arc_easy, arc_challenge, hellaswag, piqa, social_iqa, winogrande, openbookqa, commonsense_qa, mmlu)"),
+    task_dir: Optional[Path] = typer.Option(None, "--task-dir", help="folder holding <task>.jsonl files in the public data sets' formats"),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16, or a comma list (one variant each)"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="documents per multiple-choice task / cloze items"),
+    batch_size: int = typer.Option(8, "--batch-size", help="sequences per forward pass"),
+    corpus: Optional[str] = typer.Option(None, "--corpus", help="text for ppl/cloze: default the held-out split of the bundled corpus; a text file; or hf:<dataset id>"),
+    context: int = typer.Option(1024, "--context", help="perplexity window (tokens)"),
+    stride: int = typer.Option(512, "--stride", help="perplexity stride: tokens newly scored per window"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="cap the perplexity text at this many tokens"),
+    num_fewshot: int = typer.Option(0, "--num-fewshot", help="few-shot examples (MMLU layout)"),
+    kv: Optional[str] = typer.Option(None, "--kv", help="KV-cache formats for ppl, comma list (kivi2, kivi4, harmonia, bfp32m4, none): each window streams through the cache in chunks of 128"),
+    window: Optional[str] = typer.Option(None, "--window", help="sliding-window attention of W keys, comma list with 'none' (a perplexity-vs-W curve)"),
+    kv_heads: Optional[str] = typer.Option(None, "--kv-heads", help="GQA: mean-pool K/V heads to G (any divisor of the query heads; no uptraining), comma list"),
+    as_json: bool = typer.Option(False, "--json", help="print the records as JSON"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the records (JSON) here"),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="write the quality table as CSV here"),
+) -> None:
+    """Measure quality: perplexity, cloze and multiple-choice accuracy (lm-eval scoring), one row per variant."""
+    from ridgeline.eval import EvalConfig, parse_tasks, run_eval
+    from ridgeline.io import write_text
+    from ridgeline.report import quality_rows, quality_table
+    from ridgeline.roofline import rows_to_csv
+
+    names, files = parse_tasks(tasks, task_dir)
+    configs = [EvalConfig(m, names, files, d, limit=limit, batch_size=batch_size, corpus=corpus, context=context,
+                          stride=stride, max_tokens=max_tokens, num_fewshot=num_fewshot, variant=v)
+               for m in models for d in csv_list(dtype, "--dtype") for v in variants(kv, window, kv_heads)]
+    records = []
+    with progress("eval") as report:
+        for cfg in configs:
+            records.append(run_eval(cfg, progress=lambda what, d, t, v=cfg.label: report(f"{v} {what}", d, t)))
+    payload = {"kind": "ridgeline.eval.results", "records": records}
+    rows = quality_rows(records)
+    write_record(out, payload)
+    if csv_out is not None:
+        with writing(csv_out):
+            write_text(csv_out, rows_to_csv(rows, list(dict.fromkeys(k for r in rows for k in r))))
+    if as_json:
+        console.print_json(dumps(payload))
+    else:
+        console.print(quality_table(rows))
