@@ -45,9 +45,9 @@ def test_predict_options_and_override_errors_name_the_option():
     base = predict("smollm2-135m", "rtx-4090", "SISO")
     unfused = predict("smollm2-135m", "rtx-4090", "SISO", options=Options(attention="unfused"))
     assert unfused.prefill.bytes > base.prefill.bytes
-    with pytest.raises(RidgelineError, match="kv_heads: KV heads must divide"):
+    with pytest.raises(RidgelineError, match="--kv-heads: KV heads must divide"):
         predict("smollm2-135m", "rtx-4090", kv_heads=2)
-    with pytest.raises(RidgelineError, match="layers: number of layers"):
+    with pytest.raises(RidgelineError, match="--layers: number of layers"):
         predict("smollm2-135m", "rtx-4090", layers=0)
 
 

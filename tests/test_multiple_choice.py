@@ -35,9 +35,11 @@ YAMLS = {"arc_easy": "arc/arc_easy.yaml", "arc_challenge": "arc/arc_challenge.ya
 MMLU_SUBJECTS = ("astronomy", "anatomy")
 FEWSHOT_OTHERS = ("hellaswag", "winogrande", "commonsense_qa")
 BATCH = 4
-#: per-choice log-likelihoods agree to 1e-5, or to 1e-6 relative where a sum of float32 log-probs is so
-#: large (|ll| > 10) that one rounding step of float32 (1.5e-5 at 150) is already more than 1e-5
-LL_TOL = {"abs": 1e-5, "rel": 1e-6}
+#: per-choice log-likelihoods agree to 3e-5, or to 3e-6 relative where a sum of float32 log-probs is large.
+#: lm-eval batches and pads the requests differently from us, so MKL sums each logit row in another order:
+#: on the 30-layer bundled model that moves a log-likelihood of about -9.4 by up to 1.1e-5 between runs
+#: (seen in CI on a busy machine). A real scoring bug (a token off, a missing space) moves it by > 0.1.
+LL_TOL = {"abs": 3e-5, "rel": 3e-6}
 
 
 @pytest.fixture(scope="module")

@@ -40,13 +40,14 @@ def default_precision(spec: ModelSpec, weights: str | None = None, acts: str = "
 
 def variant_spec(spec: ModelSpec, layers: int | None = None, window: int | None = None,
                  kv_heads: int | None = None) -> ModelSpec:
-    """The spec with the depth, sliding window and K/V-head overrides applied (errors name the option)."""
+    """The spec with the depth, sliding window and K/V-head overrides applied (errors name the option as the
+    command line spells it, as every message about these knobs does)."""
     if layers is not None:
-        spec = _override("layers", spec.with_layers, layers)
+        spec = _override("--layers", spec.with_layers, layers)
     if window is not None:
-        spec = _override("window", spec.with_window, window)
+        spec = _override("--window", spec.with_window, window)
     if kv_heads is not None:
-        spec = _override("kv_heads", spec.with_kv_heads, kv_heads)
+        spec = _override("--kv-heads", spec.with_kv_heads, kv_heads)
     return spec
 
 
