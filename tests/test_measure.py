@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -338,3 +339,54 @@ def test_probe_is_kept_per_thread_count(small_probe):
     assert roof_for_threads(local, 1).bandwidth_Bps == one.bandwidth_Bps
     assert roof_for_threads(local, 2) is local
     assert roof_for_threads(local, 8) is local  # never probed at 8: the default roof
+
+
+# ---------------------------------------------------------------------------------------------
+# contention: was the machine quiet while we measured?
+
+
+def test_contention_flags_other_processes_steal_and_drift():
+    from ridgeline.measure.contention import CpuSample, assess
+
+    quiet = assess(CpuSample(0.0, 100.0, 1.0, 10.0, 0.5), CpuSample(10.0, 119.0, 1.0, 29.0, 0.6), 30e9, 29e9)
+    assert not quiet.contended and quiet.other_cpu_s == 0.0 and quiet.known
+    # 10 s wall: we used 19 CPU s, the machine 24 -> others 5 s = 0.5 cores
+    busy = assess(CpuSample(0.0, 100.0, 1.0, 10.0, 0.5), CpuSample(10.0, 124.0, 1.0, 29.0, 2.5))
+    assert busy.contended and busy.other_cores == pytest.approx(0.5) and "0.50 cores" in busy.reasons[0]
+    stolen = assess(CpuSample(0.0, 0.0, 0.0, 0.0, None), CpuSample(10.0, 0.0, 2.0, 0.0, None))
+    assert stolen.contended and "stolen" in stolen.reasons[0]  # 2 s of 2 cores x 10 s = 10 %
+    drift = assess(CpuSample(0.0, 0.0, 0.0, 0.0, None), CpuSample(1.0, 0.0, 0.0, 0.0, None), 30e9, 20e9)
+    assert drift.contended and "30.0 → 20.0 GB/s" in drift.reasons[0]
+    unknown = assess(None, None)
+    assert not unknown.known and not unknown.contended
+
+
+def test_a_record_carries_its_contention_and_tables_mark_it(tiny_record):
+    from ridgeline.measure import flat_rows, result_json
+    from ridgeline.measure.contention import Contention
+    from ridgeline.report import bench_table, contention_warnings
+
+    assert tiny_record.contention.seconds > 0  # measured around the warm-up and repeats
+    busy = dataclasses.replace(tiny_record, contention=Contention(5.0, 4.0, 0.8, 0.0, 3.0, 3.1, contended=True,
+                                                                  reasons=("other processes used 0.80 cores",)))
+    rows = flat_rows([result_json(tiny_record, []), result_json(busy, [])])
+    assert [r["contended"] for r in rows] == [tiny_record.contention.contended, True]
+    assert contention_warnings(rows[1:]) == ["torch fp32 16:8: measured on a busy machine — other processes used "
+                                             "0.80 cores"]
+    assert bench_table(rows[1:]).columns[0]._cells[0].startswith("⚠ ")
+
+
+def test_require_quiet_refuses_a_machine_that_stays_busy(tiny_model_dir, monkeypatch):
+    from typer.testing import CliRunner
+
+    import ridgeline.measure as measure
+    from ridgeline.cli import app
+    from ridgeline.measure.contention import Contention
+
+    calls = []
+    monkeypatch.setattr(measure, "wait_until_quiet", lambda limit, **kw: calls.append(limit) or Contention(
+        2.0, 1.5, 0.75, 0.0, 2.0, 2.0, contended=True, reasons=("other processes used 0.75 cores",)))
+    res = CliRunner().invoke(app, ["bench", "-m", str(tiny_model_dir), "-s", "8:2", "--require-quiet", "3"])
+    assert res.exit_code == 2 and calls == [3.0]
+    assert res.stderr.strip().splitlines()[-1] == ("error: --require-quiet: the machine stayed busy for 3 s (other "
+                                                   "processes used 0.75 cores); not measuring")

@@ -7,8 +7,24 @@ from typing import Optional
 
 import typer
 
-from ridgeline.cli.common import (DEVICE_FILE, app, command, console, csv_list, device_files, dumps, int_list,
-                                  layer_list, note, progress, say, variants, write_record, writing)
+from ridgeline.cli.common import (
+    DEVICE_FILE,
+    app,
+    command,
+    console,
+    csv_list,
+    device_files,
+    dumps,
+    int_list,
+    layer_list,
+    note,
+    progress,
+    say,
+    variants,
+    write_record,
+    writing,
+)
+from ridgeline.errors import RidgelineError
 
 
 def run_probe(threads: Optional[int], array_mib: int, repeats: int, save: bool):
@@ -44,6 +60,19 @@ def probe_command(
         say(f"saved as device 'local' in {path}")
 
 
+def wait_for_quiet(max_wait_s: float) -> None:
+    """Wait (bounded) until other processes leave the cores alone; refuse to measure if they never do."""
+    from ridgeline.measure import wait_until_quiet
+
+    if not max_wait_s >= 0:
+        raise RidgelineError(f"--require-quiet takes the seconds to wait (>= 0), got {max_wait_s}")
+    state = wait_until_quiet(max_wait_s, on_wait=lambda c, waited: note(
+        f"the machine is busy ({'; '.join(c.reasons)}); waited {waited:.0f} s of {max_wait_s:g}"))
+    if state.contended:
+        raise RidgelineError(f"--require-quiet: the machine stayed busy for {max_wait_s:g} s "
+                             f"({'; '.join(state.reasons)}); not measuring")
+
+
 def run_bench_grid(grid, roofs, label: str = "bench") -> list[dict]:
     """Run a bench grid with a progress bar, printing the roof notes first."""
     from ridgeline.measure import run_grid
@@ -56,7 +85,7 @@ def render_bench(results: list[dict], title: str = "measured runs", plot_stem: O
                  to_stderr: bool = False) -> list[Path]:
     """The bench table, each run's prediction error, Φ > 1 warnings, and the plots when asked."""
     from ridgeline.measure import flat_rows
-    from ridgeline.report import bench_plots, bench_table, error_line, phi_warnings
+    from ridgeline.report import bench_plots, bench_table, contention_warnings, error_line, phi_warnings
 
     rows = flat_rows(results)
     if not to_stderr:
@@ -65,6 +94,8 @@ def render_bench(results: list[dict], title: str = "measured runs", plot_stem: O
             say(line)
     for w in phi_warnings(rows):
         note(w, "modelling error")
+    for w in contention_warnings(rows):
+        note(w, "warning")
     if plot_stem is None:
         return []
     with writing(plot_stem):
@@ -95,6 +126,7 @@ def bench(
     kv: Optional[str] = typer.Option(None, "--kv", help="torch: KV-cache formats, comma list (kivi2, kivi4, harmonia, bfp32m4, none); runs on the transformers path, quantized caches emulated"),
     window: Optional[str] = typer.Option(None, "--window", help="torch: sliding-window attention of W keys with a rolling-buffer cache, comma list with 'none'"),
     kv_heads: Optional[str] = typer.Option(None, "--kv-heads", help="torch: GQA, K/V heads mean-pooled to G (no uptraining), comma list"),
+    require_quiet: Optional[float] = typer.Option(None, "--require-quiet", help="wait up to this many seconds for the machine to be quiet (other processes under a quarter core) before measuring; refuse if it stays busy"),
     device_file: Optional[Path] = DEVICE_FILE,
 ) -> None:
     """Measure the scenario on a real model: TTFT, every decode step, Φ against the probe and catalogue roofs."""
@@ -106,7 +138,11 @@ def bench(
                      dtypes=csv_list(dtype, "--dtype"), threads=[None] if threads is None else int_list(threads, "--threads"),
                      layers=layer_list(layers), variants=variants(kv, window, kv_heads), repeats=repeats, warmup=warmup,
                      impl=impl, memory_limit=None if memory_limit is None else memory_limit * 2**30)
-    results = run_bench_grid(grid, resolve_roofs(device, reference, device_files(device_file)))
+    roofs = resolve_roofs(device, reference, device_files(device_file))
+    grid.groups()  # bad input is refused before waiting for a quiet machine
+    if require_quiet is not None:
+        wait_for_quiet(require_quiet)
+    results = run_bench_grid(grid, roofs)
     payload = {"kind": "ridgeline.bench.results", "results": results}
     write_record(out, payload)
     if as_json:

@@ -197,7 +197,7 @@ def serve_trace(model: str, trace: Sequence[TraceRequest], *, config: EngineConf
     """
     from ridgeline.corpus import prompt_text
     from ridgeline.loader import load_model
-    from ridgeline.measure import torch_threads
+    from ridgeline.measure import Watch, torch_threads
     from ridgeline.specs import Precision, load_spec
 
     config, variant = config or EngineConfig(), variant or Variant()
@@ -215,10 +215,12 @@ def serve_trace(model: str, trace: Sequence[TraceRequest], *, config: EngineConf
         engine = Engine(lm, config)
         for i, (r, p) in enumerate(zip(trace, prompts)):  # refuse the whole trace before running any of it
             engine.check_request(p, r.params(), f"request {r.request_id or i + 1}")
-        result = replay(engine, trace, prompts, progress, realtime=realtime)
+        with Watch() as watch:
+            result = replay(engine, trace, prompts, progress, realtime=realtime)
         placed = None
         if device is not None:
             spec = variant.apply_spec(load_spec(model))
             placed = place_decode_points(decode_points(result.steps), spec, Precision(dtype, dtype, dtype), device)
         record = serve_record(result, config, model, dtype, trace_info or {}, placed, variant)
+        record["contention"] = watch.result.to_json()
     return ServeRun(result, placed, record)

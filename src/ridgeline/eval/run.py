@@ -118,7 +118,7 @@ def _params(model: Any) -> int:
 def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, progress: Progress | None = None) -> dict:
     """Evaluate `cfg.tasks` on the model (loaded from `cfg.model` unless given) and return the record."""
     from ridgeline.loader import load_model
-    from ridgeline.measure import machine_info
+    from ridgeline.measure import Watch, machine_info
     from ridgeline.quant import precision_label
 
     t_load = time.perf_counter()
@@ -130,8 +130,16 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, progress
                            "model": {"name": cfg.model, "params": _params(model), "weights": precision_label(model),
                                      "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")},
                            "load_s": load_s, "tasks": {}, "machine": machine_info()}
+    with Watch(bandwidth=False) as watch:  # the wall times in the record mean little on a busy machine
+        _run_tasks(cfg, model, tokenizer, out, progress)
+    out["contention"] = watch.result.to_json()
+    return out
+
+
+def _run_tasks(cfg: EvalConfig, model: Any, tokenizer: Any, out: dict[str, Any], progress: Progress | None) -> None:
+    """Score every task of `cfg` into `out["tasks"]` (and the corpus description into `out["corpus"]`)."""
     text = None
-    for i, task in enumerate(cfg.tasks):
+    for task in cfg.tasks:
         report = (lambda d, t, task=task: progress(task, d, t)) if progress else None
         t0 = time.perf_counter()
         if task in ("ppl", "cloze") and text is None:
@@ -156,7 +164,6 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, progress
             result = evaluate_task(model, tokenizer, t, batch_size=cfg.batch_size, progress=report).to_json()
         result["wall_s"] = time.perf_counter() - t0
         out["tasks"][task] = result
-    return out
 
 
 def _config_json(cfg: EvalConfig) -> dict:

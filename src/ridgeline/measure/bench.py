@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 
 from ridgeline.arch import Variant
 from ridgeline.errors import RidgelineError
+from ridgeline.measure.contention import Contention, Watch
 from ridgeline.measure.stats import Stat, machine_info, summarize
 from ridgeline.specs import ModelRef, ModelSpec, Precision, Scenario, load_spec
 
@@ -118,6 +119,7 @@ class BenchRecord:
     machine: dict
     model_config: dict = field(default_factory=dict)  # the HF config dict of the model that ran (torch)
     spec: ModelSpec | None = field(default=None, compare=False)  # the model that ran, parsed once (not saved)
+    contention: Contention = field(default_factory=Contention)  # how busy the machine was while timing
 
     @property
     def ttft(self) -> Stat:
@@ -150,7 +152,7 @@ class BenchRecord:
             "summary": {"ttft_s": self.ttft.to_json(), "prefill_tokens_per_s": self.prefill_tokens_per_s.to_json(),
                         "decode_s_per_token": self.decode_per_token.to_json(),
                         "decode_tokens_per_s": self.decode_tokens_per_s.to_json()},
-            "samples": [s.to_json() for s in self.samples],
+            "samples": [s.to_json() for s in self.samples], "contention": self.contention.to_json(),
         }
 
 
@@ -318,17 +320,18 @@ def run_bench(cfg: BenchConfig, loaded: Loaded | None = None, progress: Progress
         runner = loaded.runner
         try:
             prompt = prompt_ids(loaded.encode, sc.prompt)
-            t0 = time.perf_counter()
-            for i in range(cfg.warmup):
-                if progress:
-                    progress("warm-up", i, total)
-                timed_run(runner, prompt, sc.generate)
-            warmup_s = time.perf_counter() - t0
-            samples = []
-            for i in range(cfg.repeats):
-                if progress:
-                    progress(f"repeat {i + 1}/{cfg.repeats}", cfg.warmup + i, total)
-                samples.append(timed_run(runner, prompt, sc.generate))
+            with Watch() as watch:  # from before the warm-up: a busy machine then also slows the repeats
+                t0 = time.perf_counter()
+                for i in range(cfg.warmup):
+                    if progress:
+                        progress("warm-up", i, total)
+                    timed_run(runner, prompt, sc.generate)
+                warmup_s = time.perf_counter() - t0
+                samples = []
+                for i in range(cfg.repeats):
+                    if progress:
+                        progress(f"repeat {i + 1}/{cfg.repeats}", cfg.warmup + i, total)
+                    samples.append(timed_run(runner, prompt, sc.generate))
         finally:
             if own:
                 loaded.close()
@@ -339,4 +342,5 @@ def run_bench(cfg: BenchConfig, loaded: Loaded | None = None, progress: Progress
     if progress:
         progress("done", total, total)
     return BenchRecord(cfg, runner.impl, threads, loaded.name, loaded.location, loaded.gguf,
-                       loaded.load_s, warmup_s, tuple(samples), machine_info(), loaded.model_config, loaded.spec)
+                       loaded.load_s, warmup_s, tuple(samples), machine_info(), loaded.model_config, loaded.spec,
+                       watch.result)

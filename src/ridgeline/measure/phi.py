@@ -18,8 +18,7 @@ from pathlib import Path
 from ridgeline.measure.bench import BenchRecord
 from ridgeline.measure.stats import Stat, summarize
 from ridgeline.roofline import Options, Prediction, Workload, build_workload, evaluate
-from ridgeline.specs import (DeviceSpec, ModelSpec, Precision, spec_from_config, spec_from_gguf,
-                             with_stored_formats)
+from ridgeline.specs import DeviceSpec, ModelSpec, Precision, spec_from_config, spec_from_gguf, with_stored_formats
 
 _FLOAT_GGUF = {"f32", "f16", "bf16"}  # ggml type names as TensorSpec holds them
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ridgeline.errors import RidgelineError
-from ridgeline.measure.stats import Stat, cpu_model, machine_info, summarize
 from ridgeline.io import user_dir
+from ridgeline.measure.stats import Stat, cpu_model, machine_info, summarize
 from ridgeline.specs import DeviceSpec, Provenance
 
 GEMM_DTYPES = ("fp32", "bf16", "fp16", "int8")

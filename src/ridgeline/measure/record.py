@@ -85,6 +85,10 @@ def _per_token(r: dict, value: float) -> float:
     return value / max(r["params"]["scenario"]["generate"], 1)
 
 
+def _contention(r: dict) -> dict:
+    return r.get("contention") or {}  # records written before contention was measured: unknown
+
+
 def _decode_intensity(r: dict) -> float | None:
     w = r.get("workload")
     return w["decode_flops_per_token"] / w["decode_bytes_per_token"] if w else None
@@ -158,6 +162,11 @@ COLUMNS: tuple[Column, ...] = (
     Column("load_s", "model load time (excluded from the phases)", lambda r: r["load_s"]),
     Column("warmup_s", "warm-up time (excluded from the phases)", lambda r: r["warmup_s"]),
     Column("load_avg", "1-minute load average when the run ended", lambda r: (r["machine"].get("load_avg") or [None])[0]),
+    Column("contended", "whether other processes, stolen CPU or a drifting roof flag the run (None: unknown)",
+           lambda r: _contention(r).get("contended") if _contention(r).get("known") else None),
+    Column("other_cores", "cores' worth of CPU other processes used during the run",
+           lambda r: _contention(r).get("other_cores")),
+    Column("contention", "why the run is flagged ('; '-joined)", lambda r: "; ".join(_contention(r).get("reasons", []))),
 ) + tuple(c for role in ROLES for c in _roof_columns(role))
 
 

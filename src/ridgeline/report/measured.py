@@ -32,12 +32,12 @@ def bench_table(rows: Sequence[dict], title: str = "measured runs") -> Table:
     """Medians with spread, Φ against the probe (measured) and catalogue roofs, prediction error."""
     t = Table(title=title, title_justify="left", caption="Φ and BW (bandwidth utilisation) against the probe roof; "
               "pred = predicted decode ms/token on it; err = |pred − measured| / measured; cat = Φ decode against "
-              "the catalogue roof", caption_justify="left")
+              "the catalogue roof; ⚠ = the machine was busy during the run (see the notes)", caption_justify="left")
     for c in ("run", "scenario", "thr", "L", "TTFT", "pp tok/s", "tg tok/s", "tg min–max", "ms/tok", "OI/tok",
               "Φ pp", "Φ tg", "BW", "pred", "err", "Φ tg cat"):
         t.add_column(c, justify="left" if c in ("run", "scenario") else "right", no_wrap=True)
     for r in rows:
-        t.add_row(r["run"], r["scenario"], str(r["threads"]), str(r["layers"] or "-"), f"{r['ttft_s'] * 1e3:.1f} ms",
+        t.add_row(("⚠ " if r.get("contended") else "") + r["run"], r["scenario"], str(r["threads"]), str(r["layers"] or "-"), f"{r['ttft_s'] * 1e3:.1f} ms",
                   f"{r['prefill_tokens_per_s']:.0f}", f"{r['decode_tokens_per_s']:.1f}",
                   f"{r['decode_tokens_per_s_min']:.1f}–{r['decode_tokens_per_s_max']:.1f}",
                   f"{r['decode_s_per_token'] * 1e3:.2f}", _opt(r, "decode_intensity", ".2f"),
@@ -57,6 +57,12 @@ def phi_warnings(rows: Sequence[dict]) -> list[str]:
                     out.append(f"{r['run']} {r['scenario']} {ph} vs {role} roof ({r[f'roof_device_{role}']}): "
                                f"Φ = {r[f'phi_{ph}_{role}']:.2f} > 1 — {flag}")
     return out
+
+
+def contention_warnings(rows: Sequence[dict]) -> list[str]:
+    """Every run measured while the machine was busy, with why: its numbers are kept but not to be trusted."""
+    return [f"{r['run']} {r['scenario']}: measured on a busy machine — {r['contention']}"
+            for r in rows if r.get("contended")]
 
 
 def error_line(r: dict) -> str | None:

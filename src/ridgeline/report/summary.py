@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ridgeline.report.html import Column, Report
-from ridgeline.report.measured import phi_warnings
+from ridgeline.report.measured import contention_warnings, phi_warnings
 from ridgeline.report.tables import si
 
 
@@ -88,11 +88,14 @@ def summary_report(title: str, probe: dict | None, predictions: Sequence[dict], 
                          Column("predicted ms/token", "predicted_decode_s_per_token_probe", _ms),
                          Column("measured ms/token", "decode_s_per_token", _ms),
                          Column("error", "decode_error_probe", _pct),
-                         Column("Φ decode (catalogue)", "phi_decode_catalogue", _phi)],
+                         Column("Φ decode (catalogue)", "phi_decode_catalogue", _phi),
+                         Column("busy", "contended", lambda v: "⚠ yes" if v else "")],
                   caption="medians over repeats (min-max of decode tok/s); Φ = achieved / attainable FLOP/s at the "
                           "phase's operational intensity; error = |predicted - measured| / measured decode time per token")
         for w in phi_warnings(bench_rows):
             rep.para(f"modelling error: {w}", "warn")
+        for w in contention_warnings(bench_rows):
+            rep.para(f"contended: {w}", "warn")
         first = bench_rows[0]
         rep.para(f"load and warm-up are excluded from phase times: load {first['load_s']:.1f} s, "
                  f"warm-up {first['warmup_s']:.1f} s for the first run", "note")
