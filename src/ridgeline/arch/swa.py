@@ -225,7 +225,7 @@ def prefill_chunked(model: Any, ids: torch.Tensor, cache: Cache, chunk: int | No
         for s in range(0, T, chunk):
             e = min(s + chunk, T)
             pos = torch.arange(start0 + s, start0 + e, device=ids.device)[None].expand(ids.shape[0], -1)
-            logits = model(input_ids=ids[:, s:e], position_ids=pos, past_key_values=cache, use_cache=True).logits
+            logits = model(input_ids=ids[:, s:e], position_ids=pos, cache=cache, use_cache=True).logits
             if progress is not None:
                 progress(e, T)
     return logits[:, -1]

@@ -103,12 +103,12 @@ def _greedy_tokens(model: Any, ids: list[int], n: int):
 
     device = scoring.model_device(model)
     seq = torch.tensor([ids], dtype=torch.long, device=device)
-    cached = hasattr(model, "generate")  # a transformers model: pass past_key_values along
+    cached = hasattr(model, "generate")  # a transformers model: pass its cache along
     past, step = None, seq
     for _ in range(n):
         mask = torch.ones_like(seq)
         if cached:
-            out = model(step, attention_mask=mask, past_key_values=past, use_cache=True)
+            out = model(step, attention_mask=mask, cache=past, use_cache=True)
             past = out.past_key_values
         else:
             out = model(seq, attention_mask=mask)

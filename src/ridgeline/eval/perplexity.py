@@ -125,6 +125,8 @@ def perplexity(model: Any, tokenizer: Any, text: str, config: PerplexityConfig =
     all_ids = torch.tensor(ids, dtype=torch.long, device=next(model.parameters()).device)
     keep = "logits_to_keep" in inspect.signature(model.forward).parameters
     nll = 0.0
+    if progress is not None:
+        progress(0, len(plan))  # the task's size, before any work
     was_training = model.training
     model.eval()
     try:

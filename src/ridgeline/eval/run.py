@@ -186,3 +186,30 @@ def task_files_from_dir(folder: str | Path, tasks: tuple[str, ...]) -> dict[str,
             raise RidgelineError(f"no {t}.jsonl or {t}.json in {folder}")
         out[t] = str(hits[0])
     return out
+
+
+def estimate(cfg: EvalConfig, windows: int, device: str = "local") -> float | None:
+    """The roofline's lower bound on the time of `windows` perplexity windows (each a forward of the context with
+    logits at every position) on `device`, or this host's catalogue entry without a probe; None when the
+    architecture is unknown without loading the model (a hub id) or the host has no catalogue entry."""
+    import os
+
+    from ridgeline.measure import cpu_model
+    from ridgeline.roofline import Options, predict
+    from ridgeline.specs import Scenario, get_device, host_device, load_spec, parse_model_ref
+
+    try:
+        spec = load_spec(cfg.model)
+    except RidgelineError:
+        return None
+    try:
+        dev = get_device(device)
+    except RidgelineError:
+        dev = host_device(cpu_model(), os.cpu_count())
+    if dev is None:
+        return None
+    # a GGUF is dequantized to float at load; only a ridgeline-quantized folder runs its stored formats
+    quantized_folder = parse_model_ref(cfg.model).kind == "folder" and spec.gguf_tensors is not None
+    pred = predict(spec, dev, Scenario(cfg.context, 1), weights="stored" if quantized_folder else cfg.dtype,
+                   acts=cfg.dtype, options=Options(logits="all"))
+    return windows * pred.ttft_s

@@ -28,7 +28,7 @@ def stream_losses(model: Any, ids: torch.Tensor, cache: Any, chunk: int = 64,
         for start in range(0, T - 1, chunk):
             end = min(start + chunk, T - 1)  # the last token is only a target
             pos = torch.arange(start, end, device=ids.device)[None]
-            logits = model(input_ids=ids[:, start:end], position_ids=pos, past_key_values=cache,
+            logits = model(input_ids=ids[:, start:end], position_ids=pos, cache=cache,
                            use_cache=True).logits[0]
             losses.append(F.cross_entropy(logits.float(), ids[0, start + 1:end + 1], reduction="none").double())
             if progress is not None:

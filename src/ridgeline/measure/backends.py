@@ -70,7 +70,7 @@ class HFRunner:
             for s in range(0, len(prompt), window):  # a rolling buffer takes chunks of at most W tokens
                 chunk = list(prompt[s:s + window])
                 out = self.model(torch.tensor([chunk]), position_ids=torch.arange(s, s + len(chunk))[None],
-                                 past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+                                 cache=self.cache, use_cache=True, logits_to_keep=1)
         self.tokens = len(prompt)
         return int(out.logits[0, -1].argmax())
 
@@ -80,7 +80,7 @@ class HFRunner:
 
         with torch.inference_mode():
             out = self.model(torch.tensor([[token]]), position_ids=torch.tensor([[self.tokens]]),
-                             past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+                             cache=self.cache, use_cache=True, logits_to_keep=1)
         self.tokens += 1
         return int(out.logits[0, -1].argmax())
 

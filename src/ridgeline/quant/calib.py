@@ -113,6 +113,7 @@ def first_layer_inputs(model: nn.Module, ids: torch.Tensor, batch_size: int = 8)
                     pass
     finally:
         handle.remove()
+    kwargs.pop("cache", None)  # the layer inputs are replayed without a cache
     kwargs.pop("past_key_values", None)
     kwargs["use_cache"] = False
     return LayerInputs(hidden, kwargs)
