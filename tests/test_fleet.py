@@ -232,8 +232,10 @@ def test_eval_variants_run_as_tasks_with_the_local_numbers(fleet, tiny_model_dir
     run = fleet_eval(fleet, configs)
     assert run.failed == [] and [r["variant"] for r in run.records] == [c.label for c in configs]
     assert {r["node"]["label"] for r in run.records} <= {n.label for n in fleet.nodes()}
-    local = run_eval(configs[0])
-    assert run.records[0]["tasks"]["ppl"]["token_perplexity"] == local["tasks"]["ppl"]["token_perplexity"]
+    local = run_eval(configs[0])  # here, on this process's threads: the same number up to summation order
+    assert run.records[0]["tasks"]["ppl"]["token_perplexity"] == pytest.approx(
+        local["tasks"]["ppl"]["token_perplexity"], rel=1e-6)
+    assert run.records[0]["tasks"]["ppl"]["tokens"] == local["tasks"]["ppl"]["tokens"]
 
 
 @needs_ray
@@ -341,12 +343,11 @@ def test_bad_input_is_one_line_and_writes_nothing(fleet, tiny_model_dir, tmp_pat
 
 
 @needs_ray
-def test_ctrl_c_stops_the_local_cluster_and_leaves_no_output(tiny_model_dir):
+def test_ctrl_c_stops_the_local_cluster_and_leaves_no_output():
     short = tempfile.mkdtemp(prefix="rlt", dir="/tmp")  # Ray's socket paths must stay short
-    out = Path(short) / "merged.json"
-    code = ("from ridgeline.cli import app; app(%r)" %
-            (["fleet", "bench", "--cluster", "local:1", "-m", str(tiny_model_dir), "-s", "8:4", "-r", "1", *PROBE_ARGS,
-              "--out", str(out)],))
+    out = Path(short) / "probes.json"
+    # fleet probe: this process never imports torch (the node does), so the cluster is up within seconds
+    code = "from ridgeline.cli import app; app(%r)" % (["fleet", "probe", "--cluster", "local:1", "--out", str(out)],)
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "TMPDIR": short},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -45,6 +45,13 @@ def _settings(threads: Optional[int], array_mib: int, repeats: int):
     return ProbeSettings(threads=threads, array_mib=array_mib, repeats=repeats, warmup=min(2, repeats))
 
 
+def _cluster(text: Optional[str]) -> str:
+    """--cluster, checked before anything is built (no cluster: say what the commands need)."""
+    from ridgeline.fleet import parse_cluster
+
+    return str(parse_cluster(text))
+
+
 def _nodes(text: Optional[str]) -> Optional[list[str]]:
     return csv_list(text, "--nodes") if text is not None else None
 
@@ -82,7 +89,7 @@ def probe_command(
     from ridgeline.fleet import fleet_probe
     from ridgeline.report import probe_table
 
-    settings = _settings(threads, array_mib, repeats)
+    cluster, settings = _cluster(cluster), _settings(threads, array_mib, repeats)
     with progress("fleet probe") as report:
         run = fleet_probe(cluster, settings, _nodes(nodes), report)
     _finish(run, run.payload("ridgeline.fleet.probe", key=None), out, as_json)
@@ -140,6 +147,7 @@ def bench_command(
     from ridgeline.measure import BenchGrid
     from ridgeline.specs import parse_scenario
 
+    cluster = _cluster(cluster)
     grid = BenchGrid(model=model, backends=csv_list(backend, "--backend"),
                      scenarios=[parse_scenario(s) for s in csv_list(scenario, "--scenario")],
                      dtypes=csv_list(dtype, "--dtype"), threads=[None] if threads is None else int_list(threads, "--threads"),
@@ -179,6 +187,7 @@ def eval_command(
     from ridgeline.fleet import fleet_eval
     from ridgeline.report import quality_rows, quality_table
 
+    cluster = _cluster(cluster)
     names, files = parse_tasks(tasks, task_dir)
     configs = [EvalConfig(m, names, files, d, limit=limit, batch_size=batch_size, corpus=corpus, context=context,
                           stride=stride, max_tokens=max_tokens, variant=v)

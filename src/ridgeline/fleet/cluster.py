@@ -101,9 +101,12 @@ class NodeInfo:
         return asdict(self)
 
 
-def _labels(entries: Sequence[dict]) -> list[str]:
+def _infos(entries: Sequence[dict]) -> list[NodeInfo]:
+    """NodeInfo of Ray's node table entries, labelled by hostname (with an id prefix where hostnames repeat)."""
     hosts = [e.get("NodeManagerHostname") or e.get("NodeManagerAddress") or "node" for e in entries]
-    return [h if hosts.count(h) == 1 else f"{h}-{e['NodeID'][:6]}" for h, e in zip(hosts, entries)]
+    return [NodeInfo(e["NodeID"], h if hosts.count(h) == 1 else f"{h}-{e['NodeID'][:6]}",
+                     e.get("NodeManagerHostname", ""), e.get("NodeManagerAddress", ""),
+                     float(e.get("Resources", {}).get("CPU", 0.0))) for h, e in zip(hosts, entries)]
 
 
 class Fleet:
@@ -116,18 +119,12 @@ class Fleet:
 
     def nodes(self) -> list[NodeInfo]:
         """Every alive node, in Ray's order."""
-        alive = [e for e in self.ray.nodes() if e.get("Alive")]
-        return [NodeInfo(e["NodeID"], label, e.get("NodeManagerHostname", ""), e.get("NodeManagerAddress", ""),
-                         float(e.get("Resources", {}).get("CPU", 0.0))) for e, label in zip(alive, _labels(alive))]
+        return _infos([e for e in self.ray.nodes() if e.get("Alive")])
 
     def node(self, node_id: str) -> NodeInfo:
-        """The node with this id (it may have died since: then only its id and hostname are known)."""
-        every = [e for e in self.ray.nodes() if e["NodeID"] == node_id or e.get("Alive")]
-        for e, label in zip(every, _labels(every)):
-            if e["NodeID"] == node_id:
-                return NodeInfo(node_id, label, e.get("NodeManagerHostname", ""), e.get("NodeManagerAddress", ""),
-                                float(e.get("Resources", {}).get("CPU", 0.0)))
-        return NodeInfo(node_id, node_id[:6], "", "", 0.0)
+        """The node with this id, alive or (since) dead."""
+        entries = [e for e in self.ray.nodes() if e.get("Alive") or e["NodeID"] == node_id]
+        return next((n for n in _infos(entries) if n.id == node_id), NodeInfo(node_id, node_id[:6], "", "", 0.0))
 
     def select(self, names: Sequence[str] | None = None) -> list[NodeInfo]:
         """The nodes named by label or by (a unique prefix of) their id; default every alive node with a CPU."""

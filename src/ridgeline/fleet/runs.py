@@ -121,13 +121,17 @@ def fleet_bench(cluster: str | Fleet, grid: Any, settings: ProbeSettings = Probe
 
 
 def eval_task(cfg: Any) -> dict:
-    """One eval config where Ray put it; the record says which node ran it."""
+    """One eval config where Ray put it, on as many torch threads as CPUs the task holds; the record says
+    which node ran it."""
     import ray
 
     from ridgeline.eval import run_eval
+    from ridgeline.measure import torch_threads
 
-    record = run_eval(cfg)
-    record["node"] = {"id": ray.get_runtime_context().get_node_id()}
+    ctx = ray.get_runtime_context()
+    with torch_threads(max(1, int(ctx.get_assigned_resources().get("CPU", 1)))):
+        record = run_eval(cfg)
+    record["node"] = {"id": ctx.get_node_id()}
     return record
 
 
