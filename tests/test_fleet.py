@@ -291,6 +291,14 @@ def _kill_when_started(fleet, node, marks: Path, timeout=60):
     return t
 
 
+def _wait_dead(fleet, node, timeout=30):
+    """Ray's health checks mark a killed node dead within seconds; later tests must not see it alive."""
+    end = time.time() + timeout
+    while node.id in {n.id for n in fleet.nodes()} and time.time() < end:
+        time.sleep(0.2)
+    assert node.id not in {n.id for n in fleet.nodes()}
+
+
 def _marked_sleep(marks: Path, item, seconds=2.0):
     import ray
 
@@ -309,20 +317,23 @@ def test_node_lost_mid_run_its_tasks_move_elsewhere(fleet, tmp_path):
     assert res.failed == [] and sorted(res.values) == ["0", "1", "2", "3"]
     assert list(tmp_path.glob(f"*-{doomed.id}"))  # a task started there ...
     assert all(node != doomed.id for _, node in res.values.values())  # ... and finished elsewhere
+    _wait_dead(fleet, doomed)
 
 
 @needs_ray
 def test_node_lost_mid_run_its_measurement_fails_by_name_the_others_finish(fleet, tmp_path):
     from ridgeline.fleet import run_on_nodes
 
+    import ray
+
     doomed = fleet.add_node()
-    keep = fleet.select()[0]
+    keep = fleet.node(ray.get_runtime_context().get_node_id())  # the head: the node this process talks to
     watcher = _kill_when_started(fleet, doomed, tmp_path)
     res = run_on_nodes(lambda node: _marked_sleep(tmp_path, node.label), [keep, doomed], fleet)
     watcher.join()
-    assert res.values == {keep.label: (keep.label, keep.id)}
-    assert [f.name for f in res.failed] == [doomed.label] and not res.failed[0].bad_input
-    assert doomed.id not in {n.id for n in fleet.nodes()}
+    assert res.values == {keep.label: (keep.label, keep.id)}, (res.values, res.failed)
+    assert [f.name for f in res.failed] == [doomed.label] and not res.failed[0].bad_input, res.failed
+    _wait_dead(fleet, doomed)
 
 
 @needs_ray
