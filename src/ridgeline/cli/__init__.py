@@ -20,6 +20,7 @@ from ridgeline.cli.common import app, console, err_console
 
 # importing a module registers its commands; `ridgeline --help` lists them in this order
 from ridgeline.cli import analyze, sweep, catalogue, measure, serve, quant, quality, train, demo  # noqa: E402,F401,I001
+from ridgeline.cli import fleet  # noqa: E402,F401  (the `fleet` sub-app: probe, bench, eval on a Ray cluster)
 
 
 def main() -> None:

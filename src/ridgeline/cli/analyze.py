@@ -86,13 +86,16 @@ def plot(
     out: Path = typer.Option(Path("roofline"), "--out", "-o", help="output stem: writes STEM.png and STEM.svg"),
     predict_kwargs: Optional[dict] = None,
 ) -> None:
-    """Draw the device roofline with the workload's phases and operators (and measured runs) to PNG and SVG."""
+    """Draw the device roofline with the workload's phases and operators (and measured runs) to PNG and SVG;
+    records from a fleet (`ridgeline fleet bench`) draw each node's roofs and points, and a table per node."""
     from ridgeline.measure import flat_rows
-    from ridgeline.report import measured_points, result_roofs
+    from ridgeline.report import bench_table, measured_points, result_roofs
     from ridgeline.report import device_roofs, plot_roofline, prediction_points
     from ridgeline.roofline import predict
 
-    rows = flat_rows([r for f in records or [] for r in read_results(f)])
+    results = [r for f in records or [] for r in read_results(f)]
+    # a fleet record names its node: the report gives every node its own roofs and points
+    rows = [{**row, "node": (r.get("node") or {}).get("label")} for r, row in zip(results, flat_rows(results))]
     if model is None or device is None:
         if not rows:
             raise RidgelineError("plot needs --model and --device (an analytic roofline), or --records FILE "
@@ -106,5 +109,7 @@ def plot(
         title = f"{wl.model.name} · {wl.scenario.label} · {wl.precision.weights} on {pred.device.name}"
     with writing(out):
         paths = plot_roofline(roofs, points, out, title=title)
+    for node in dict.fromkeys(r["node"] for r in rows if r["node"]):
+        console.print(bench_table([r for r in rows if r["node"] == node], f"node {node}: measured runs"))
     for p in paths:
         say(f"wrote {p}")

@@ -2,7 +2,8 @@
 
 Everything here reads the flat rows of `ridgeline.measure.flat_rows` (one definition of the record), so a
 saved results file renders the same as a fresh run. Keys ending in `_probe` describe the placement on the
-probe (measured) roof, `_catalogue` on the host's catalogue roof.
+probe (measured) roof, `_catalogue` on the host's catalogue roof. Rows of a fleet run may carry `node` (the
+node's label): each node then gets its own roofs, colour and point series on the one roofline.
 """
 
 from __future__ import annotations
@@ -86,31 +87,37 @@ def measured_points(rows: Sequence[dict], analytic: bool = True) -> list[Point]:
         role = _role(r)
         if role is None:
             continue
+        series = f"measured {r['node']} · {r['run']}" if r.get("node") else f"measured {r['run']}"
         for ph in ("prefill", "decode"):
-            first = (r["run"], ph) not in labelled  # one label per series and phase keeps the plot readable
-            labelled.add((r["run"], ph))
+            first = (series, ph) not in labelled  # one label per series and phase keeps the plot readable
+            labelled.add((series, ph))
             oi = r[f"{ph}_intensity_{role}"]
-            pts.append(Point(ph, oi, r[f"{ph}_achieved_flops_{role}"], f"measured {r['run']}", annotate=first))
+            pts.append(Point(ph, oi, r[f"{ph}_achieved_flops_{role}"], series, annotate=first))
             predicted = r[f"{ph}_predicted_s_{role}"]
             if analytic and predicted > 0:
-                pts.append(Point(ph, oi, r[f"{ph}_flops_{role}"] / predicted, f"analytic ({role} roof)",
+                where = f"{r['node']} · {role} roof" if r.get("node") else f"{role} roof"
+                pts.append(Point(ph, oi, r[f"{ph}_flops_{role}"] / predicted, f"analytic ({where})",
                                  annotate=False))
     return pts
 
 
 def result_roofs(rows: Sequence[dict]) -> list[Roof]:
     """The catalogue roof (solid) and the probe roof (dashed) the runs were placed on: the gap between
-    them is the potential region."""
+    them is the potential region. Rows with a `node` get their node's own pair (one colour per node and dtype)."""
     roofs = {}
     for r in rows:
+        node = r.get("node")
         for role in ROLES:
             if r.get(f"roof_device_{role}") is None:
                 continue
-            dtype = r[f"roof_peak_dtype_{role}"]
-            key = (role, r[f"roof_device_{role}"], dtype)
+            dtype, name = r[f"roof_peak_dtype_{role}"], r[f"roof_name_{role}"]
+            key = (node, role, r[f"roof_device_{role}"], dtype)
             if key not in roofs:
-                roofs[key] = Roof(f"{role} roof {dtype}: {r[f'roof_name_{role}']}", r[f"roof_bandwidth_Bps_{role}"],
-                                  r[f"roof_peak_flops_{role}"], "--" if role == "probe" else "-", group=dtype)
+                label = f"{role} roof {dtype}: {name}"
+                # a fleet's probe roof is already named "<node>: ..."; other roofs get the node in front
+                roofs[key] = Roof(f"{node} · {label}" if node and not name.startswith(f"{node}:") else label,
+                                  r[f"roof_bandwidth_Bps_{role}"], r[f"roof_peak_flops_{role}"],
+                                  "--" if role == "probe" else "-", group=f"{node} {dtype}" if node else dtype)
     return sorted(roofs.values(), key=lambda r: (r.group, r.style != "-"))  # per dtype: catalogue, then probe
 
 
@@ -129,13 +136,15 @@ def bench_plots(rows: Sequence[dict], stem: Path) -> list[Path]:
     if not rows:
         return []
     model = rows[0]["model"]
+    nodes = len({r.get("node") for r in rows} - {None})
     paths = plot_roofline(result_roofs(rows), measured_points(rows), stem,
-                          title=f"{model}: measured runs on the roofline")
+                          title=f"{model}: measured runs on the roofline" + (f" ({nodes} nodes)" if nodes else ""))
     swept = sweep_rows(rows)
+    by = ("node", "run", "scenario") if any(r.get("node") for r in rows) else ("run", "scenario")
     for axis in ("layers", "threads"):
         if len({r[axis] for r in swept}) > 1:
             ys = ["measured", "predicted (probe roof)", "predicted (catalogue roof)"]
-            paths += plot_sweep(swept, axis, ys, stem.parent / f"{stem.name}_{axis}", group_by=("run", "scenario"),
+            paths += plot_sweep(swept, axis, ys, stem.parent / f"{stem.name}_{axis}", group_by=by,
                                 title=f"{model}: decode tok/s vs {axis}, measured and analytic",
                                 ylabel="decode tokens/s", logx=False)
     return paths
