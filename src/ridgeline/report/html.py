@@ -12,7 +12,8 @@ body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200p
 h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: 13px; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; white-space: nowrap; }
-th { background: #f3f3f3; } td.l, th.l { text-align: left; }
+th { background: #f3f3f3; white-space: normal; } td.l, th.l { text-align: left; }
+td.l { white-space: normal; max-width: 26em; }
 .note { color: #555; } .warn { color: #a40; } figure { margin: 1em 0; } svg { max-width: 100%; height: auto; }
 code { background: #f3f3f3; padding: 0 3px; }
 """

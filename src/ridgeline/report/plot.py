@@ -73,12 +73,13 @@ def plot_roofline(roofs: Sequence[Roof], points: Sequence[Point], out: str | Pat
     curve = lambda r: np.minimum(r.peak_flops, x * r.bandwidth_Bps)  # noqa: E731
     for r in roofs:
         c = colors[groups.index(r.group or r.label) % len(colors)] if r.style != ":" else "grey"
-        ax.plot(x, curve(r), r.style, color=c, lw=2 if r.style != ":" else 1, label=r.label)
         ridge = r.peak_flops / r.bandwidth_Bps
+        # the ridge's value goes into the legend, not beside the dot: ridges of several roofs sit close
+        # together and their annotations overlapped
+        label = f"{r.label} (ridge {ridge:.3g} FLOP/B)" if r.style != ":" else r.label
+        ax.plot(x, curve(r), r.style, color=c, lw=2 if r.style != ":" else 1, label=label)
         if r.style != ":":
             ax.plot([ridge], [r.peak_flops], "o", color=c, ms=5)
-            ax.annotate(f"ridge {ridge:.3g} FLOP/B", (ridge, r.peak_flops), textcoords="offset points",
-                        xytext=(4, 6), fontsize=8, color=c)
     filled = False
     for g in groups:  # the potential region: between the catalogue (solid) and the probe (dashed) roof
         pair = [r for r in roofs if (r.group or r.label) == g and r.style != ":"]
@@ -160,8 +161,13 @@ def plot_sweep(rows: Sequence[dict[str, Any]], x: str, y: str | Sequence[str], o
                 color=colors[groups.index(tuple(key)) % len(colors)], label=label or col)
     ax.set_xlabel(x)
     ax.set_ylabel(ylabel or ys[0])
-    if logx and all(isinstance(p[0], (int, float)) and p[0] > 0 for c in curves.values() for p in c):
+    xs = [p[0] for c in curves.values() for p in c]
+    if logx and all(isinstance(v, (int, float)) and v > 0 for v in xs):
         ax.set_xscale("log", base=2)
+    elif xs and all(isinstance(v, int) and not isinstance(v, bool) for v in xs):
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # threads, layers: no 1.2 or 1.4 ticks
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.25)
     ax.set_title(title, fontsize=10)
@@ -174,12 +180,15 @@ def plot_sweep(rows: Sequence[dict[str, Any]], x: str, y: str | Sequence[str], o
 
 
 def _save(fig, out: str | Path) -> list[Path]:
+    import matplotlib
+
     out = Path(out)
     stem = out.with_suffix("") if out.suffix in (".png", ".svg") else out
     paths = []
     for ext in (".png", ".svg"):
         target = stem.parent / (stem.name + ext)  # not with_suffix: keep dots in the name (run.v1)
-        with atomic_path(target) as tmp:
+        # SVG text stays text (not glyph paths): smaller files, searchable, and tests can read the labels
+        with atomic_path(target) as tmp, matplotlib.rc_context({"svg.fonttype": "none"}):
             fig.savefig(tmp, format=ext[1:], dpi=130)
         paths.append(target)
     return paths

@@ -76,22 +76,28 @@ def summary_report(title: str, probe: dict | None, predictions: Sequence[dict], 
                          Column("memory", "memory", lambda v: si(v, "B", 1024))])
     if bench_rows:
         rep.heading("Measured runs and Φ")
+        # two tables of a few columns each: one wide table needed horizontal scrolling on a laptop screen
         rep.table(bench_rows, [Column("run", "run", left=True), Column("scenario", "scenario", left=True),
-                         Column("threads", "threads"), Column("layers", "layers"),
-                         Column("TTFT ms", "ttft_s", _ms), Column("prefill tok/s", "prefill_tokens_per_s", _f1),
-                         Column("decode tok/s", "decode_tokens_per_s", _f1),
-                         Column("min", "decode_tokens_per_s_min", _f1), Column("max", "decode_tokens_per_s_max", _f1),
-                         Column("OI/token (FLOP/B)", "decode_intensity", lambda v: f"{v:.2f}"),
-                         Column("Φ prefill (probe)", "phi_prefill_probe", _phi),
-                         Column("Φ decode (probe)", "phi_decode_probe", _phi),
-                         Column("BW util decode", "bw_util_decode_probe", _pct),
-                         Column("predicted ms/token", "predicted_decode_s_per_token_probe", _ms),
-                         Column("measured ms/token", "decode_s_per_token", _ms),
-                         Column("error", "decode_error_probe", _pct),
-                         Column("Φ decode (catalogue)", "phi_decode_catalogue", _phi),
-                         Column("busy", "contended", lambda v: "⚠ yes" if v else "")],
-                  caption="medians over repeats (min-max of decode tok/s); Φ = achieved / attainable FLOP/s at the "
-                          "phase's operational intensity; error = |predicted - measured| / measured decode time per token")
+                               Column("threads", "threads"), Column("layers", "layers"),
+                               Column("TTFT ms", "ttft_s", _ms), Column("prefill tok/s", "prefill_tokens_per_s", _f1),
+                               Column("decode tok/s", "decode_tokens_per_s", _f1),
+                               Column("min", "decode_tokens_per_s_min", _f1),
+                               Column("max", "decode_tokens_per_s_max", _f1),
+                               Column("busy", "contended", lambda v: "⚠ yes" if v else "")],
+                  caption="speed: medians over repeats (min-max of decode tok/s); busy = other processes or a "
+                          "drifting roof during the run")
+        rep.table(bench_rows, [Column("run", "run", left=True), Column("scenario", "scenario", left=True),
+                               Column("OI/token", "decode_intensity", lambda v: f"{v:.2f}"),
+                               Column("Φ prefill", "phi_prefill_probe", _phi),
+                               Column("Φ decode", "phi_decode_probe", _phi),
+                               Column("BW util", "bw_util_decode_probe", _pct),
+                               Column("pred. ms/tok", "predicted_decode_s_per_token_probe", _ms),
+                               Column("meas. ms/tok", "decode_s_per_token", _ms),
+                               Column("error", "decode_error_probe", _pct),
+                               Column("Φ decode cat.", "phi_decode_catalogue", _phi)],
+                  caption="on the roofline: Φ = achieved / attainable FLOP/s at the phase's operational intensity "
+                          "(OI in FLOP/byte) on the probe roof (cat. = the catalogue roof); error = |predicted - "
+                          "measured| / measured decode time per token")
         for w in phi_warnings(bench_rows):
             rep.para(f"modelling error: {w}", "warn")
         for w in contention_warnings(bench_rows):
