@@ -12,6 +12,7 @@ import faulthandler
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -41,7 +42,8 @@ def cli(*args):
 
 def one_line_error(result, *needles):
     assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = result.stderr.splitlines()
+    # plain progress lines ('[   7 s] fleet bench: ...') may come first when stderr is captured
+    lines = [line for line in result.stderr.splitlines() if not re.match(r"\[ *\d+ s\] ", line)]
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
     for n in needles:
         assert n in lines[0], (n, lines[0])

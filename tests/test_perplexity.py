@@ -109,7 +109,8 @@ def test_batched_equals_one_window_at_a_time(tiny, text):
     assert many.nll == pytest.approx(one.nll, rel=1e-5, abs=1e-5)
     assert many.tokens == one.tokens and many.settings["windows"] == one.settings["windows"] > 8
     n = one.settings["windows"]
-    assert seen[-1] == (n, n) and len(seen) == math.ceil(n / 4)
+    # the task's size first, then one report per batch
+    assert seen[0] == (0, n) and seen[-1] == (n, n) and len(seen) == 1 + math.ceil(n / 4)
 
 
 def test_metrics_and_max_tokens(tiny, text):

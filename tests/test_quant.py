@@ -318,7 +318,7 @@ def test_cli_export_gguf_bundled(tmp_path):
     out = tmp_path / "m.gguf"
     res = CliRunner().invoke(app, ["export-gguf", "smollm2-135m", "--type", "q8_0", "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
-    record = json.loads(res.output)
+    record = json.loads(res.stdout)  # progress lines go to stderr
     assert record["type_counts"] == {"q8_0": 211, "f32": 61} and out.stat().st_size == record["bytes"]
     res = CliRunner().invoke(app, ["export-gguf", "smollm2-135m", "--type", "q3_k_xl", "--out", str(out)])
     assert res.exit_code == 2 and "unknown GGUF export type" in res.output

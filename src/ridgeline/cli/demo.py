@@ -14,7 +14,8 @@ from typing import Optional
 
 import typer
 
-from ridgeline.cli.common import app, command, console, csv_list, finite, int_list, layer_list, note, progress, writing
+from ridgeline.cli.common import app, command, console, csv_list, finite, int_list, layer_list, note, writing
+from ridgeline.cli.progress import progress
 from ridgeline.cli.measure import render_bench, run_bench_grid, run_probe
 from ridgeline.cli.serve import serve_plot
 

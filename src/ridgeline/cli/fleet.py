@@ -13,8 +13,9 @@ from typing import Optional
 
 import typer
 
-from ridgeline.cli.common import (app, command, console, csv_list, dumps, int_list, layer_list, note, progress, say,
-                                  variants, write_record, writing)
+from ridgeline.cli.common import (app, command, console, csv_list, dumps, int_list, layer_list, note, say, variants,
+                                  write_record, writing)
+from ridgeline.cli.progress import progress
 from ridgeline.errors import RidgelineError
 
 fleet_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,

@@ -7,23 +7,9 @@ from typing import Optional
 
 import typer
 
-from ridgeline.cli.common import (
-    DEVICE_FILE,
-    app,
-    command,
-    console,
-    csv_list,
-    device_files,
-    dumps,
-    int_list,
-    layer_list,
-    note,
-    progress,
-    say,
-    variants,
-    write_record,
-    writing,
-)
+from ridgeline.cli.common import (DEVICE_FILE, app, command, console, csv_list, device_files, dumps, int_list,
+                                  layer_list, note, say, variants, write_record, writing)
+from ridgeline.cli.progress import progress
 from ridgeline.errors import RidgelineError
 
 

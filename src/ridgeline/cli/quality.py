@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from ridgeline.cli.common import (app, command, console, csv_list, dumps, int_list, note, progress, variants,
-                                  write_record, writing)
+from ridgeline.cli.common import app, command, console, csv_list, dumps, int_list, note, variants, write_record, writing
+from ridgeline.cli.progress import progress
 
 
 def reporter(cfg, report):

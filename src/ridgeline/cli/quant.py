@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from ridgeline.cli.common import app, command, console, dumps, progress, writing
+from ridgeline.cli.common import app, command, console, dumps, writing
+from ridgeline.cli.progress import progress
 from ridgeline.errors import RidgelineError
 
 

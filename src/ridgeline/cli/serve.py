@@ -7,8 +7,9 @@ from typing import Any, Optional
 
 import typer
 
-from ridgeline.cli.common import (DEVICE_FILE, app, command, console, device_files, dumps, err_console, progress,
-                                  say, token_range, write_record, writing)
+from ridgeline.cli.common import (DEVICE_FILE, app, command, console, device_files, dumps, err_console, say,
+                                  token_range, write_record, writing)
+from ridgeline.cli.progress import progress
 from ridgeline.errors import RidgelineError
 
 

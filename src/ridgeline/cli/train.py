@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from ridgeline.cli.common import app, command, console, dumps, err_console, progress, say, write_record, writing
+from ridgeline.cli.common import app, command, console, dumps, err_console, say, write_record, writing
+from ridgeline.cli.progress import progress
 
 
 @app.command()
