@@ -1,0 +1,178 @@
+"""A GEMM tiled over the array and the three buffers: search over tile sizes, loop orders and dataflows.
+
+The loop nest has one buffer level: tiles Mt × Kt × Nt are loaded from DRAM into the input (A), weight (B) and
+output (C) buffers and run on the array as a sub-GEMM (`systolic`). The three tile loops run in one of six
+orders (outer → inner); an operand stays in its buffer while only loops it does not depend on advance inside
+its innermost relevant loop, so its DRAM traffic is its size times the trip count of its irrelevant loop when
+that loop is outside (A: n, B: m). The output stays while k advances innermost; otherwise partial sums spill
+to DRAM at the accumulator width and come back (tk − 1 extra writes and reads).
+
+Capacity: a tile must fit its buffer, twice over with double buffering (one tile computing while the next
+loads). Time with double buffering: per tile, max(compute, DRAM transfer), with the transfers spread over the
+tiles in proportion to their volume, plus the first tile's loads and the last tile's store; without it,
+compute + transfer. Compute is throttled by a buffer whose array-side bandwidth cannot feed the array.
+Energy = MACs × energy per MAC + SRAM bytes × energy per byte of each buffer's bank + DRAM bytes × energy per
+byte. `objective` "latency" minimises time (energy breaks ties), "energy" the reverse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import permutations, product
+
+import numpy as np
+
+from ridgeline.accel.systolic import fold_cycles, psum_contributions, sram_accesses
+from ridgeline.errors import RidgelineError
+
+ORDERS = tuple("".join(p) for p in permutations("mkn"))
+
+
+@dataclass(frozen=True)
+class ArrayParams:
+    """What the tiled model needs of a design (hashable, so searches are cached)."""
+
+    rows: int
+    cols: int
+    input_bytes: int
+    weight_bytes: int
+    output_bytes: int
+    input_bpc: float  # buffer bandwidth to the array, bytes per cycle
+    weight_bpc: float
+    output_bpc: float
+    dram_bpc: float  # DRAM bytes per cycle
+    input_pj: float  # per byte accessed
+    weight_pj: float
+    output_pj: float
+    dram_pj: float
+    double_buffer: bool
+    dataflows: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Operands:
+    """Bytes per element of A, B, the output and a partial sum; the PE mode's packing and energy per MAC."""
+
+    a: float
+    b: float
+    out: float
+    acc: float
+    pack: int = 1
+    mac_pj: float = 0.0
+
+
+@dataclass(frozen=True)
+class GemmCost:
+    """One GEMM (one product of a batch) at its best mapping."""
+
+    cycles: float
+    compute_cycles: float
+    macs: float
+    dram: tuple[float, float, float, float]  # A read, B read, C read (spills), C write
+    sram: tuple[float, float, float]  # bytes accessed in the input, weight, output buffer
+    energy: tuple[float, float, float]  # pJ: MACs, SRAM, DRAM
+    tile: tuple[int, int, int]
+    order: str
+    dataflow: str
+
+    @property
+    def energy_pj(self) -> float:
+        """All energy of the GEMM."""
+        return sum(self.energy)
+
+
+def candidates(d: int, bases: tuple[int, ...]) -> list[int]:
+    """Tile sizes along a dimension of length d: base · 2^i below d, and d itself."""
+    out = {d}
+    for base in bases:
+        t = base
+        while t < d:
+            out.add(t)
+            t *= 2
+    return sorted(out)
+
+
+def _classes(d: int, t: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(size, count) of the full tiles and the remainder tile along a dimension, per candidate tile size."""
+    return [(t, d // t), (d % t, (d % t > 0).astype(np.float64))]
+
+
+def _traffic(order: str, M: int, K: int, N: int, tm, tk, tn, op: Operands):
+    pos = {c: i for i, c in enumerate(order)}
+    a = M * K * op.a * np.where(pos["n"] < max(pos["m"], pos["k"]), tn, 1)
+    b = K * N * op.b * np.where(pos["m"] < max(pos["k"], pos["n"]), tm, 1)
+    spills = 0 if pos["k"] > max(pos["m"], pos["n"]) else tk - 1
+    c_read = M * N * op.acc * spills
+    c_write = M * N * op.out + c_read
+    return tuple(np.broadcast_to(np.asarray(v, dtype=np.float64), np.shape(tm)) for v in (a, b, c_read, c_write))
+
+
+@lru_cache(maxsize=65536)
+def best_gemm(M: int, K: int, N: int, op: Operands, ap: ArrayParams, objective: str = "latency") -> GemmCost:
+    """The best mapping of an M × K × N GEMM (raises if no tile fits the buffers).
+
+    Tile sizes are multiples of the array's sides (times powers of two) and the full dimensions; buffers too
+    small for those fall back to powers of two from 8."""
+    db = 2 if ap.double_buffer else 1
+    for bases in (tuple(sorted({ap.rows, ap.cols})), (8,)):
+        Mt, Kt, Nt = (g.ravel() for g in np.meshgrid(candidates(M, bases), candidates(K, bases),
+                                                       candidates(N, bases), indexing="ij"))
+        fits = ((Mt * Kt * op.a * db <= ap.input_bytes) & (Kt * Nt * op.b * db <= ap.weight_bytes)
+                & (Mt * Nt * op.acc * db <= ap.output_bytes))
+        if fits.any():
+            return _search(M, K, N, op, ap, objective, Mt[fits], Kt[fits], Nt[fits])
+    mt, kt, nt = (min(8, x) for x in (M, K, N))
+    raise RidgelineError(
+        f"no tile of a {M}×{K}×{N} GEMM fits the buffers: even {mt}×{kt}×{nt} needs {mt * kt * op.a * db:.0f} B of "
+        f"input, {kt * nt * op.b * db:.0f} B of weight and {mt * nt * op.acc * db:.0f} B of output buffer"
+        f"{' (double-buffered)' if db == 2 else ''}; the design has {ap.input_bytes}, {ap.weight_bytes} and "
+        f"{ap.output_bytes} B")
+
+
+def _search(M: int, K: int, N: int, op: Operands, ap: ArrayParams, objective: str, Mt, Kt, Nt) -> GemmCost:
+    tm, tk, tn = -(-M // Mt), -(-K // Kt), -(-N // Nt)
+    vol = float(M) * K * N
+    macs = vol
+    rows = []
+    for df in ap.dataflows:
+        cyc = np.zeros(len(Mt))
+        sa = np.zeros((4, len(Mt)))
+        cls = []
+        for (mt, cm), (kt, ck), (nt, cn) in product(_classes(M, Mt), _classes(K, Kt), _classes(N, Nt)):
+            cnt = cm * ck * cn
+            c = fold_cycles(mt, kt, nt, ap.rows, ap.cols, df, op.pack)
+            cyc += cnt * c
+            sa += cnt * np.array(sram_accesses(mt, kt, nt, ap.rows, ap.cols, df, op.pack))
+            cls.append((cnt, c, cnt * mt * kt * nt / vol))
+        # partial sums arriving across k tiles are accumulated in the output buffer too (os: one per k tile)
+        contrib = sum(ck * psum_contributions(kt, ap.rows, df, op.pack) for kt, ck in _classes(K, Kt))
+        sram_in, sram_w = sa[0] * op.a, sa[1] * op.b
+        sram_out_array = M * N * (2 * contrib - 1) * op.acc
+        throttle = np.maximum.reduce([np.ones_like(cyc), sram_in / ap.input_bpc / np.maximum(cyc, 1),
+                                      sram_w / ap.weight_bpc / np.maximum(cyc, 1),
+                                      sram_out_array / ap.output_bpc / np.maximum(cyc, 1)])
+        for order in ORDERS:
+            a, b, cr, cw = _traffic(order, M, K, N, tm, tk, tn, op)
+            x = (a + b + cr + cw) / ap.dram_bpc
+            if ap.double_buffer:
+                t = sum(cnt * np.maximum(c * throttle, x * share / np.maximum(cnt, 1)) for cnt, c, share in cls)
+                t = t + (Mt * Kt * op.a + Kt * Nt * op.b + Mt * Nt * op.out) / ap.dram_bpc
+            else:
+                t = cyc * throttle + x
+            sram = (sram_in + a, sram_w + b, sram_out_array + cr + cw)
+            e_sram = sram[0] * ap.input_pj + sram[1] * ap.weight_pj + sram[2] * ap.output_pj
+            e_dram = (a + b + cr + cw) * ap.dram_pj
+            rows.append((df, order, t, cyc * throttle, (a, b, cr, cw), sram, e_sram, e_dram))
+    best = None
+    for df, order, t, comp, dram, sram, e_sram, e_dram in rows:
+        e = macs * op.mac_pj + e_sram + e_dram
+        key = np.lexsort((e, t)) if objective == "latency" else np.lexsort((t, e))
+        i = key[0]
+        score = (t[i], e[i]) if objective == "latency" else (e[i], t[i])
+        if best is None or score < best[0]:
+            best = (score, GemmCost(float(t[i]), float(comp[i]), macs, tuple(float(v[i]) for v in dram),
+                                    tuple(float(v[i]) for v in sram), (macs * op.mac_pj, float(e_sram[i]),
+                                                                       float(e_dram[i])),
+                                    (int(Mt[i]), int(Kt[i]), int(Nt[i])), order, df))
+    return best[1]
