@@ -2,10 +2,11 @@
 
 The loop nest has one buffer level: tiles Mt × Kt × Nt are loaded from DRAM into the input (A), weight (B) and
 output (C) buffers and run on the array as a sub-GEMM (`systolic`). The three tile loops run in one of six
-orders (outer → inner); an operand stays in its buffer while only loops it does not depend on advance inside
-its innermost relevant loop, so its DRAM traffic is its size times the trip count of its irrelevant loop when
-that loop is outside (A: n, B: m). The output stays while k advances innermost; otherwise partial sums spill
-to DRAM at the accumulator width and come back (tk − 1 extra writes and reads).
+orders (outer → inner). An operand's tile stays in its buffer until one of the loops it depends on moves, so
+its DRAM traffic is its size, times the trip count of the loop it does not depend on (A: n, B: m) when a loop
+it depends on moves inside that one. The output stays while k advances unless a loop it depends on moves
+inside k; then partial sums spill to DRAM at the accumulator width and come back (tk − 1 extra writes and
+reads).
 
 Capacity: a tile must fit its buffer, twice over with double buffering (one tile computing while the next
 loads). Time with double buffering: per tile, max(compute, DRAM transfer), with the transfers spread over the
@@ -99,30 +100,42 @@ def _classes(d: int, t: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def _traffic(order: str, M: int, K: int, N: int, tm, tk, tn, op: Operands):
+    """DRAM bytes (A, B, C read back, C written) of a loop order over the tile loops (outer → inner).
+
+    An operand is fetched again on each iteration of its irrelevant loop only if some loop it depends on, inside
+    that one, takes more than one trip (otherwise its tile never changes). The output spills across k the same
+    way: only if a loop it depends on iterates inside k."""
     pos = {c: i for i, c in enumerate(order)}
-    a = M * K * op.a * np.where(pos["n"] < max(pos["m"], pos["k"]), tn, 1)
-    b = K * N * op.b * np.where(pos["m"] < max(pos["k"], pos["n"]), tm, 1)
-    spills = 0 if pos["k"] > max(pos["m"], pos["n"]) else tk - 1
-    c_read = M * N * op.acc * spills
+    trips = {"m": tm, "k": tk, "n": tn}
+
+    def inner_moves(outer: str, deps: str):
+        return np.logical_or.reduce([(pos[x] > pos[outer]) & (trips[x] > 1) for x in deps])
+
+    a = M * K * op.a * np.where(inner_moves("n", "mk"), tn, 1)
+    b = K * N * op.b * np.where(inner_moves("m", "kn"), tm, 1)
+    c_read = M * N * op.acc * np.where(inner_moves("k", "mn"), tk - 1, 0)
     c_write = M * N * op.out + c_read
     return tuple(np.broadcast_to(np.asarray(v, dtype=np.float64), np.shape(tm)) for v in (a, b, c_read, c_write))
 
 
 @lru_cache(maxsize=65536)
-def best_gemm(M: int, K: int, N: int, op: Operands, ap: ArrayParams, objective: str = "latency") -> GemmCost:
+def best_gemm(M: int, K: int, N: int, op: Operands, ap: ArrayParams, objective: str = "latency",
+              tile: tuple[int, int, int] | None = None) -> GemmCost:
     """The best mapping of an M × K × N GEMM (raises if no tile fits the buffers).
 
     Tile sizes are multiples of the array's sides (times powers of two) and the full dimensions; buffers too
-    small for those fall back to powers of two from 8."""
+    small for those fall back to powers of two from 8. `tile` fixes the tile sizes (orders and dataflows are
+    still searched)."""
     db = 2 if ap.double_buffer else 1
     for bases in (tuple(sorted({ap.rows, ap.cols})), (8,)):
-        Mt, Kt, Nt = (g.ravel() for g in np.meshgrid(candidates(M, bases), candidates(K, bases),
-                                                       candidates(N, bases), indexing="ij"))
+        dims = ([[min(t, x)] for t, x in zip(tile, (M, K, N))] if tile else
+                [candidates(M, bases), candidates(K, bases), candidates(N, bases)])
+        Mt, Kt, Nt = (g.ravel() for g in np.meshgrid(*dims, indexing="ij"))
         fits = ((Mt * Kt * op.a * db <= ap.input_bytes) & (Kt * Nt * op.b * db <= ap.weight_bytes)
                 & (Mt * Nt * op.acc * db <= ap.output_bytes))
         if fits.any():
             return _search(M, K, N, op, ap, objective, Mt[fits], Kt[fits], Nt[fits])
-    mt, kt, nt = (min(8, x) for x in (M, K, N))
+    mt, kt, nt = tile or (min(8, x) for x in (M, K, N))
     raise RidgelineError(
         f"no tile of a {M}×{K}×{N} GEMM fits the buffers: even {mt}×{kt}×{nt} needs {mt * kt * op.a * db:.0f} B of "
         f"input, {kt * nt * op.b * db:.0f} B of weight and {mt * nt * op.acc * db:.0f} B of output buffer"
