@@ -391,3 +391,62 @@ def test_accel_never_imports_torch():
     code = ("import sys, ridgeline.accel as a; from ridgeline.specs.scenario import Scenario; "
             "r = a.run('smollm2-135m', '32:4', explore_points=2); assert 'torch' not in sys.modules, 'torch'")
     subprocess.run([sys.executable, "-c", code], check=True, env={"PYTHONPATH": str(SRC.parent), "PATH": ""})
+
+
+# ---------------------------------------------------------------------------------------------
+# FPGA / HLS estimate, outputs
+
+
+def test_hls_naive_latency_by_hand():
+    from ridgeline.accel.fpga import fpga_device, naive, pe_cost
+
+    dev, pe = fpga_device("zcu102"), pe_cost("fp16xfp16")
+    n = naive(64, 64, 64, pe, dev)
+    assert n.tile == (64, 64, 64) and n.unroll == (1, 1, 1) and n.pipelined == "none"
+    depth = 4 + 8 + 2  # multiply, one add (no tree), BRAM read + write
+    bpc = 19.2e9 / 200e6
+    load = (64 * 64 * 16 * 2) / 8 / bpc  # A and B tiles, fp16
+    store = 64 * 64 * 2 / bpc
+    assert n.cycles == pytest.approx(64 ** 3 * depth + load + store)
+
+
+def test_hls_search_respects_the_budget_and_breaks_the_recurrence():
+    from ridgeline.accel.fpga import fpga_device, naive, optimise, pe_cost
+
+    dev = fpga_device("kv260")
+    for name in ("fp16xfp16", "int8xint8", "bfp8xint4"):
+        pe = pe_cost(name)
+        b = optimise(256, 512, 512, pe, dev)
+        assert b.dsp <= dev.dsp and b.lut <= dev.lut and b.bram36 <= dev.bram36
+        assert b.ii == 1  # a float accumulation pipelined over n (distance Tn/Un) or an integer add over k
+        lanes = math.prod(b.unroll)
+        assert b.cycles >= 256 * 512 * 512 / lanes  # never faster than its lanes allow
+        assert naive(256, 512, 512, pe, dev).cycles / b.cycles > 100
+
+
+def test_hls_compare_on_a_workload():
+    from ridgeline.accel.fpga import hls_compare
+
+    w = build_workload(_tiny_model(), Scenario(64, 4), Precision(weights="fp16", acts="fp16", kv="fp16"))
+    r = hls_compare(w, "zcu102", "bfp8xint4", "prefill")
+    assert {o["op"] for o in r["ops"]} >= {"q_proj", "down_proj", "lm_head"}
+    assert r["speedup"] == pytest.approx(r["naive_s"] / r["optimised_s"]) and r["speedup"] > 1
+    with pytest.raises(RidgelineError, match="unknown FPGA"):
+        hls_compare(w, "u250")
+
+
+def test_outputs_are_written(tmp_path):
+    from ridgeline.report.accel import compare_table, write_outputs
+
+    rep = run(_tiny_model(), "32:4", designs=("fp16", "harmonia"), explore_points=6,
+              axes={"rows": (8, 16), "cols": (16, 32), "kv": ("harmonia",)})
+    files = write_outputs(rep, tmp_path)
+    names = {f.name for f in files}
+    assert {"accel.json", "pareto_prefill.png", "pareto_decode.svg", "accel_roofline.png"} <= names
+    import json
+    rec = json.loads((tmp_path / "accel.json").read_text())
+    assert rec["exploration"]["points"] == 4 and rec["designs"][1]["design"]["name"] == "harmonia"
+    con_text = io.StringIO()
+    from rich.console import Console
+    Console(file=con_text, width=200).print(compare_table(rep))
+    assert "harmonia" in con_text.getvalue()
