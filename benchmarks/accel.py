@@ -33,14 +33,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import machine_info  # noqa: E402
 
-from ridgeline.accel import DESIGNS, explore, get_design, ratios, simulate  # noqa: E402
-from ridgeline.accel.design import Design  # noqa: E402
-from ridgeline.accel.dse import DEFAULT_AXES  # noqa: E402
-from ridgeline.accel.fpga import hls_compare  # noqa: E402
-from ridgeline.accel.run import design_workload  # noqa: E402
+from ridgeline.accel import (DEFAULT_AXES, DESIGNS, Design, PEMode, apply, design_workload, explore,  # noqa: E402
+                             get_design, hls_compare, ratios, simulate)
 from ridgeline.io import write_json  # noqa: E402
-from ridgeline.specs.catalogue import catalogue_spec  # noqa: E402
-from ridgeline.specs.scenario import Scenario  # noqa: E402
+from ridgeline.specs import Scenario, catalogue_spec  # noqa: E402
 
 MODELS = ("llama-3.1-8b", "llama-3.2-3b", "mistral-7b", "qwen3-0.6b", "qwen3-1.7b", "smollm2-135m")
 LENGTHS = (2048, 4096, 8192, 16384)
@@ -97,7 +93,6 @@ def _variants() -> dict[str, dict[str, Design]]:
     """The bundled designs with one assumption changed at a time."""
     base = {n: get_design(n) for n in DESIGNS}
     with_all = lambda f: {n: f(d) for n, d in base.items()}  # noqa: E731
-    from ridgeline.accel.costs import PEMode
 
     def packed(d: Design) -> Design:
         if d.name != "harmonia":
@@ -105,7 +100,6 @@ def _variants() -> dict[str, dict[str, Design]]:
         return d.with_(modes=tuple(PEMode(m.a, m.b, 2 if m.b.width <= 5 else 1) for m in d.modes))
 
     def int8_weights(d: Design) -> Design:
-        from ridgeline.accel.dse import apply
         return apply(d, {"weights": "int8_pc"}) if d.name != "fp16" else d
 
     return {

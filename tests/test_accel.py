@@ -253,8 +253,8 @@ def test_prefill_attention_is_causal_by_tiles():
 def test_results_render_in_the_device_tables():
     from rich.console import Console
 
-    from ridgeline.report.accel import operator_table, phase_table
-    from ridgeline.report.tables import operator_table as roofline_ops, summary_table
+    from ridgeline.report import accel_operator_table as operator_table, accel_phase_table as phase_table
+    from ridgeline.report import operator_table as roofline_ops, summary_table
 
     w = design_workload(_tiny_model(), Scenario(16, 4), get_design("harmonia"))
     r = simulate(w, get_design("harmonia"))
@@ -436,7 +436,7 @@ def test_hls_compare_on_a_workload():
 
 
 def test_outputs_are_written(tmp_path):
-    from ridgeline.report.accel import compare_table, write_outputs
+    from ridgeline.report import accel_compare_table as compare_table, write_accel_outputs as write_outputs
 
     rep = run(_tiny_model(), "32:4", designs=("fp16", "harmonia"), explore_points=6,
               axes={"rows": (8, 16), "cols": (16, 32), "kv": ("harmonia",)})

@@ -26,7 +26,7 @@ from ridgeline.accel import costs
 from ridgeline.accel.costs import PEMode
 from ridgeline.accel.operands import parse_operand
 from ridgeline.errors import RidgelineError
-from ridgeline.specs.formats import get_format, get_kv_format
+from ridgeline.specs import get_format, get_kv_format
 
 DATAFLOWS = ("os", "ws", "is")
 _ENERGY_KEYS = ("mac_pj", "input_pj_per_byte", "weight_pj_per_byte", "output_pj_per_byte", "dram_pj_per_byte",

@@ -24,9 +24,8 @@ from ridgeline.accel.operands import parse_operand
 from ridgeline.accel.simulate import simulate
 from ridgeline.accel.costs import PEMode
 from ridgeline.errors import RidgelineError
-from ridgeline.roofline.workload import build_workload
-from ridgeline.specs.model import ModelSpec
-from ridgeline.specs.scenario import Precision, Scenario
+from ridgeline.roofline import build_workload
+from ridgeline.specs import ModelSpec, Precision, Scenario
 
 #: default axes (a Harmonia-style base design)
 DEFAULT_AXES: dict[str, tuple] = {

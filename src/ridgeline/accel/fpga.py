@@ -28,7 +28,7 @@ from itertools import product
 import numpy as np
 
 from ridgeline.errors import RidgelineError
-from ridgeline.roofline.workload import Workload
+from ridgeline.roofline import Workload
 
 _BRAM_BITS = 36 * 1024
 

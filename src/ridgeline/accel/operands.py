@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 
 from ridgeline.errors import RidgelineError
-from ridgeline.specs.formats import NumberFormat, get_format
+from ridgeline.specs import NumberFormat, get_format
 
 _FLOAT_SIGNIFICAND = {"fp16": 11, "bf16": 8, "fp32": 24}
 _NAME_RE = re.compile(r"^(fp16|bf16|fp32)$|^int([1-9]|1[0-6])$|^bfp([1-9]|1[0-5])$")

@@ -13,9 +13,8 @@ from collections import Counter
 import numpy as np
 
 from ridgeline.accel.simulate import ENERGY_PARTS, AccelPhase, AccelResult
-from ridgeline.roofline.evaluate import OpResult, PhaseResult, Prediction
-from ridgeline.roofline.workload import KINDS
-from ridgeline.specs.device import DeviceSpec, Provenance
+from ridgeline.roofline import KINDS, OpResult, PhaseResult, Prediction
+from ridgeline.specs import DeviceSpec, Provenance
 
 
 def design_device(result: AccelResult) -> DeviceSpec:

@@ -16,9 +16,8 @@ from ridgeline.accel.design import Design, get_design
 from ridgeline.accel.dse import DEFAULT_AXES, Exploration, explore
 from ridgeline.accel.simulate import AccelResult, simulate
 from ridgeline.errors import RidgelineError
-from ridgeline.roofline.workload import Workload, build_workload
-from ridgeline.specs.model import ModelSpec, load_spec
-from ridgeline.specs.scenario import Precision, Scenario, parse_scenario
+from ridgeline.roofline import Workload, build_workload
+from ridgeline.specs import ModelSpec, Precision, Scenario, load_spec, parse_scenario
 
 BASELINES = ("fp16", "figna-w4a16", "anda-bfp-linear")
 DESIGNS = (*BASELINES, "harmonia")

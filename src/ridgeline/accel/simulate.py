@@ -27,8 +27,8 @@ from ridgeline.accel.design import Design
 from ridgeline.accel.operands import Operand, operand_of
 from ridgeline.accel.tiling import Operands, best_gemm
 from ridgeline.errors import RidgelineError
-from ridgeline.roofline.workload import KINDS, Operator, Phase, Workload
-from ridgeline.specs.formats import get_format, get_kv_format
+from ridgeline.roofline import KINDS, Operator, Phase, Workload
+from ridgeline.specs import get_format, get_kv_format
 
 ENERGY_PARTS = ("mac", "sram", "dram", "vector", "converter", "leakage")
 

@@ -21,7 +21,7 @@ def _joules(pj: float) -> str:
     return si(pj * 1e-12, "J")
 
 
-def phase_table(r: AccelResult) -> Table:
+def accel_phase_table(r: AccelResult) -> Table:
     """Prefill and decode on one design: time, throughput, energy by part, DRAM bytes, MACs, utilisation."""
     d = r.design
     t = Table(title=f"{r.workload.model.name} on {d.name} ({d.rows}×{d.cols} PEs, {d.clock_hz / 1e9:g} GHz, "
@@ -45,7 +45,7 @@ def phase_table(r: AccelResult) -> Table:
     return t
 
 
-def operator_table(r: AccelResult, phase: str) -> Table:
+def accel_operator_table(r: AccelResult, phase: str) -> Table:
     """Every operator of one phase on the design: cycles, utilisation, DRAM, energy, mapping, PE mode, bound."""
     ph = r.prefill if phase == "prefill" else r.decode
     d = r.design
@@ -67,7 +67,7 @@ def operator_table(r: AccelResult, phase: str) -> Table:
     return t
 
 
-def area_table(results: list[AccelResult]) -> Table:
+def accel_area_table(results: list[AccelResult]) -> Table:
     """Area by unit (mm²) of each design."""
     t = Table(title="area by unit (mm², cost model at each design's node)")
     t.add_column("design")
@@ -81,7 +81,7 @@ def area_table(results: list[AccelResult]) -> Table:
     return t
 
 
-def compare_table(rep: AccelReport) -> Table:
+def accel_compare_table(rep: AccelReport) -> Table:
     """Designs side by side with speedup, area efficiency and energy efficiency over the baseline."""
     sc = rep.results[0].workload.scenario
     t = Table(title=f"{rep.results[0].workload.model.name}, {sc.label}: designs against {rep.baseline} "
@@ -96,7 +96,7 @@ def compare_table(rep: AccelReport) -> Table:
     return t
 
 
-def front_table(ex: Exploration, phase: str, limit: int = 12) -> Table:
+def accel_front_table(ex: Exploration, phase: str, limit: int = 12) -> Table:
     """The Pareto front of one phase (fastest first)."""
     lat, en = {"prefill": ("prefill_s", "prefill_j"), "decode": ("decode_s_per_token", "decode_j_per_token")}[phase]
     idx = sorted(ex.fronts[phase], key=lambda i: ex.points[i].metrics[lat])
@@ -165,10 +165,10 @@ def save_figure(fig, out: str | Path) -> list[Path]:
     return paths
 
 
-def write_outputs(rep: AccelReport, out_dir: str | Path, per_operator: bool = True) -> list[Path]:
+def write_accel_outputs(rep: AccelReport, out_dir: str | Path, per_operator: bool = True) -> list[Path]:
     """accel.json (every design, its ratios, the fronts) and the Pareto and roofline plots, in `out_dir`."""
     from ridgeline.accel import result_json, to_prediction
-    from ridgeline.report.plot import device_roofs, plot_roofline, prediction_points
+    from ridgeline.report.plot import device_roofs, plot_roofline, prediction_points  # same package
 
     out_dir = Path(out_dir)
     record = {"baseline": rep.baseline, "designs": [result_json(r, per_operator) for r in rep.results],
@@ -194,13 +194,13 @@ def write_outputs(rep: AccelReport, out_dir: str | Path, per_operator: bool = Tr
     return files
 
 
-def demo_step(out_dir: str | Path, points: int = 200, progress: Callable[[str, int, int], None] | None = None):
+def accel_demo_step(out_dir: str | Path, points: int = 200, progress: Callable[[str, int, int], None] | None = None):
     """A short accelerator step for the demo: the four bundled designs on the bundled model (512:64), a small
     design-space exploration around Harmonia, accel.json and the plots. Returns (report, tables, files)."""
     from ridgeline.accel import run
 
     rep = run("smollm2-135m", "512:64", explore_points=points, step_stride=8, progress=progress)
-    tables = [compare_table(rep), area_table(list(rep.results))]
+    tables = [accel_compare_table(rep), accel_area_table(list(rep.results))]
     if rep.exploration is not None:
-        tables += [front_table(rep.exploration, "prefill", 6), front_table(rep.exploration, "decode", 6)]
-    return rep, tables, write_outputs(rep, out_dir)
+        tables += [accel_front_table(rep.exploration, "prefill", 6), accel_front_table(rep.exploration, "decode", 6)]
+    return rep, tables, write_accel_outputs(rep, out_dir)
