@@ -450,3 +450,19 @@ def test_outputs_are_written(tmp_path):
     from rich.console import Console
     Console(file=con_text, width=200).print(compare_table(rep))
     assert "harmonia" in con_text.getvalue()
+
+
+def test_cli_accel(tmp_path):
+    from typer.testing import CliRunner
+
+    from ridgeline.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["accel", "-m", "smollm2-135m", "-s", "64:4", "-d", "fp16,harmonia", "--explore", "4",
+                            "--axes", "rows=8,16;cols=32,64", "--out", str(tmp_path), "--per-operator"])
+    assert r.exit_code == 0, r.output
+    assert "harmonia" in r.output and "q_proj" in r.output and (tmp_path / "pareto_decode.png").exists()
+    bad = runner.invoke(app, ["accel", "-d", "tpu-v9"])
+    assert bad.exit_code == 2 and "unknown accelerator design" in bad.output
+    bad = runner.invoke(app, ["accel", "--axes", "rows"])
+    assert bad.exit_code == 2 and "--axes" in bad.output
