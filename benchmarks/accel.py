@@ -15,7 +15,7 @@ linear layer + the Harmonia KV tiers) against fp32, beside the seed's 0.3 % aver
 
 Writes benchmarks/results/accel.json (--out). Run:
   flock /tmp/ridgeline-timing.lock .venv/bin/python benchmarks/accel.py [--parts sim,hls,dse,ppl]
-      [--generate 128] [--dse-points 10000] [--ppl-tokens 4096] [--ppl-context 512] [--out PATH]
+      [--generate 128] [--dse-points 10000] [--ppl-tokens 4096] [--ppl-context 512] [--out PATH] [--merge]
 The perplexity part takes the longest (emulated BFP activations and the Harmonia cache streamed chunk by chunk:
 ~10-30 min on a busy 2-core machine); --parts sim,hls,dse takes ~5 min.
 """
@@ -45,6 +45,7 @@ SEED = {"speedup": 3.08, "speedup_max": 4.62, "area_efficiency": 3.84, "area_eff
         "energy_range_2k_16k": [1.54, 3.35], "kv_fraction_of_fp16": 0.3125, "accuracy_loss": 0.003,
         "source": "Harmonia, arXiv 2602.04595 (abstract and reviews): against FIGNA/Anda-class accelerators, 8 LLMs"}
 METRICS = ("speedup", "area_efficiency", "energy_efficiency")
+PRIOR = ("figna-w4a16", "anda-bfp-linear")  # the seed's comparison set (FIGNA-, Anda-class accelerators)
 
 
 def _geomean(xs: list[float]) -> float:
@@ -71,22 +72,43 @@ def _evaluate(designs: dict[str, Design], models, lengths, generate: int, stride
 
 
 def _summary(rows: list[dict], phase: str = "total") -> dict:
-    """Harmonia's ratios over all baselines, models and lengths: geometric and arithmetic means, max; per
-    baseline; per length (the seed's 2048-16384 ranges)."""
+    """Harmonia's ratios over all baselines (and over the FIGNA- and Anda-class ones, the seed's comparison set),
+    models and lengths: geometric and arithmetic means, max; per baseline; per length over the seed's set (the
+    2048-16384 ranges)."""
     out: dict = {}
-    vals = {m: [r["harmonia_vs"][b][phase][m] for r in rows for b in r["harmonia_vs"]] for m in METRICS}
-    out["all_baselines"] = {m: {"geomean": _geomean(v), "mean": statistics.fmean(v), "max": max(v), "min": min(v)}
-                            for m, v in vals.items()}
+    for key, bases_ in (("all_baselines", None), ("prior_accelerators", PRIOR)):
+        vals = {m: [r["harmonia_vs"][b][phase][m] for r in rows for b in r["harmonia_vs"] if not bases_ or b in bases_]
+                for m in METRICS}
+        if all(vals.values()):
+            out[key] = {m: {"geomean": _geomean(v), "mean": statistics.fmean(v), "max": max(v), "min": min(v)}
+                        for m, v in vals.items()}
     bases = list(rows[0]["harmonia_vs"])
     out["per_baseline"] = {b: {m: _geomean([r["harmonia_vs"][b][phase][m] for r in rows]) for m in METRICS}
                            for b in bases}
     lengths = sorted({r["prompt"] for r in rows})
-    per_len = {L: {m: _geomean([r["harmonia_vs"][b][phase][m] for r in rows if r["prompt"] == L for b in bases])
+    use = [b for b in bases if b in PRIOR] or bases  # per length: the seed's comparison set
+    per_len = {L: {m: _geomean([r["harmonia_vs"][b][phase][m] for r in rows if r["prompt"] == L for b in use])
                    for m in METRICS} for L in lengths}
     out["per_length"] = per_len
     out["range_over_lengths"] = {m: [min(v[m] for v in per_len.values()), max(v[m] for v in per_len.values())]
                                  for m in METRICS}
     return out
+
+
+def _side_by_side(summary: dict) -> dict:
+    """Ours (end to end, Harmonia over the FIGNA- and Anda-class baselines, geometric mean over models and
+    lengths; per-length geometric means for the ranges) beside the seed's figures."""
+    ours = summary["total"]["prior_accelerators"]
+    rng = summary["total"]["range_over_lengths"]
+    return {"speedup": {"ours": ours["speedup"]["geomean"], "ours_max": ours["speedup"]["max"],
+                        "seed": SEED["speedup"], "seed_max": SEED["speedup_max"]},
+            "area_efficiency": {"ours": ours["area_efficiency"]["geomean"], "ours_max": ours["area_efficiency"]["max"],
+                                "seed": SEED["area_efficiency"], "seed_max": SEED["area_efficiency_max"]},
+            "energy_efficiency": {"ours": ours["energy_efficiency"]["geomean"],
+                                  "ours_max": ours["energy_efficiency"]["max"], "seed": SEED["energy_efficiency"],
+                                  "seed_max": SEED["energy_efficiency_max"]},
+            "speedup_range_2k_16k": {"ours": rng["speedup"], "seed": SEED["speedup_range_2k_16k"]},
+            "energy_range_2k_16k": {"ours": rng["energy_efficiency"], "seed": SEED["energy_range_2k_16k"]}}
 
 
 def _variants() -> dict[str, dict[str, Design]]:
@@ -125,11 +147,13 @@ def part_sim(generate: int) -> dict:
     out = {"designs": {n: {"pes": d.pes, "array": [d.rows, d.cols], "modes": [m.label for m in d.modes],
                            "formats": vars(d.formats)} for n, d in designs.items()},
            "rows": rows, "summary": {ph: _summary(rows, ph) for ph in ("prefill", "decode", "total")}}
+    out["side_by_side"] = _side_by_side(out["summary"])
     sens = {}
     sub_models, sub_lengths = ("llama-3.1-8b", "qwen3-0.6b"), (2048, 16384)
     for name, ds in _variants().items():
         vrows = _evaluate(ds, sub_models, sub_lengths, generate, stride=4)
-        sens[name] = {ph: _summary(vrows, ph)["all_baselines"] for ph in ("prefill", "decode", "total")}
+        sens[name] = {ph: {k: v for k, v in _summary(vrows, ph).items() if k in ("all_baselines", "prior_accelerators")}
+                      for ph in ("prefill", "decode", "total")}
         sens[name]["harmonia_area_mm2"] = vrows[0]["designs"]["harmonia"]["area_mm2"]
         sens[name]["fp16_area_mm2"] = vrows[0]["designs"]["fp16"]["area_mm2"]
     out["sensitivity"] = {"models": sub_models, "prompts": sub_lengths, "decode_step_stride": 4, "variants": sens}
@@ -207,9 +231,16 @@ def main() -> None:
     ap.add_argument("--ppl-tokens", type=int, default=4096)
     ap.add_argument("--ppl-context", type=int, default=512)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "accel.json"))
+    ap.add_argument("--merge", action="store_true", help="keep the other parts of an existing --out file")
     args = ap.parse_args()
     parts = args.parts.split(",")
-    record = {"kind": "ridgeline.benchmark.accel", "seed": SEED, "machine": machine_info(), "args": vars(args)}
+    record = {"kind": "ridgeline.benchmark.accel", "seed": SEED}
+    if args.merge and Path(args.out).exists():
+        import json
+
+        record.update(json.loads(Path(args.out).read_text()))
+    record.setdefault("runs", {})
+    record["runs"][",".join(parts)] = {"machine": machine_info(), "args": vars(args)}
     if "sim" in parts:
         record["simulation"] = part_sim(args.generate)
     if "hls" in parts:
@@ -218,7 +249,7 @@ def main() -> None:
         record["dse"] = part_dse(args.dse_points, args.dse_workers)
     if "ppl" in parts:
         record["perplexity"] = part_ppl(args.ppl_tokens, args.ppl_context)
-    record["machine_after"] = machine_info()
+    record["runs"][",".join(parts)]["machine_after"] = machine_info()
     write_json(args.out, record)
     print(f"wrote {args.out}")
 
