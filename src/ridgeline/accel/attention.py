@@ -115,14 +115,17 @@ def evaluate_attention(spec: AttentionSpec, ap: ArrayParams, contexts: np.ndarra
     R, C = ap.rows, ap.cols
     m, d, dv = spec.m, spec.d, spec.dv
     n_max = int(np.max(kv_tokens)) if np.size(kv_tokens) else 1
-    mq_c, nk_c = np.meshgrid(candidates(m, (R, C)), candidates(max(n_max, 1), (R, C)), indexing="ij")
-    Mq, Nk = mq_c.ravel().astype(np.float64), nk_c.ravel().astype(np.float64)
     db = 2 if ap.double_buffer else 1
     kb, vb = max(spec.hi.k_bytes, spec.lo.k_bytes), max(spec.hi.v_bytes, spec.lo.v_bytes)
-    fits = (((Mq * d * spec.q_bytes + Mq * Nk * spec.p_bytes) * db <= ap.input_bytes)
-            & (Nk * (d * kb + dv * vb) * db <= ap.weight_bytes)
-            & ((Mq * Nk + Mq * dv) * spec.acc_bytes * db <= ap.output_bytes))
-    if not fits.any():
+    for bases in ((R, C), (8,)):  # array-sized tiles first; powers of two from 8 for small buffers
+        mq_c, nk_c = np.meshgrid(candidates(m, bases), candidates(max(n_max, 1), bases), indexing="ij")
+        Mq, Nk = mq_c.ravel().astype(np.float64), nk_c.ravel().astype(np.float64)
+        fits = (((Mq * d * spec.q_bytes + Mq * Nk * spec.p_bytes) * db <= ap.input_bytes)
+                & (Nk * (d * kb + dv * vb) * db <= ap.weight_bytes)
+                & ((Mq * Nk + Mq * dv) * spec.acc_bytes * db <= ap.output_bytes))
+        if fits.any():
+            break
+    else:
         raise RidgelineError(f"no attention tile fits the buffers (head dims {d}/{dv}, {m} query rows): even "
                              f"{int(Mq.min())} query rows × {int(Nk.min())} keys need more than input "
                              f"{ap.input_bytes} B / weight {ap.weight_bytes} B / output {ap.output_bytes} B")
