@@ -102,12 +102,6 @@ def _keys(spec: AttentionSpec, c, n, i, Mq):
     return np.minimum(hi - lo, n)
 
 
-def _tiled(f, rows, count, nk, *dims):
-    """Sum of f(rows, tile) over the full key tiles of `count` keys and the remainder."""
-    full, rem = count // nk, count % nk
-    return full * f(rows, nk, *dims) + f(rows, rem, *dims)
-
-
 def evaluate_attention(spec: AttentionSpec, ap: ArrayParams, contexts: np.ndarray, kv_tokens: np.ndarray,
                        k_hi: np.ndarray, v_hi: np.ndarray, objective: str = "latency") -> AttentionCost:
     """The best tiling of one attention product over steps with `contexts` cached and `kv_tokens` read;
@@ -146,10 +140,12 @@ def evaluate_attention(spec: AttentionSpec, ap: ArrayParams, contexts: np.ndarra
     def product_costs(parts, shape):
         out = []
         for df in ap.dataflows:
-            cyc = sum(_tiled(lambda r, t: fold_cycles(*shape(r, t), R, C, df, pk), rows, cnt, Nk)
-                      for cnt, _, pk in parts)
-            acc = [sum(_tiled(lambda r, t: sram_accesses(*shape(r, t), R, C, df, pk)[q], rows, cnt, Nk)
-                       for cnt, _, pk in parts) for q in range(4)]
+            cyc, acc = 0.0, [0.0] * 4
+            for cnt, _, pk in parts:
+                for mult, t in ((cnt // Nk, Nk), (1.0, cnt % Nk)):  # the full key tiles, then the remainder
+                    dims = shape(rows, t)
+                    cyc = cyc + mult * fold_cycles(*dims, R, C, df, pk)
+                    acc = [x + mult * y for x, y in zip(acc, sram_accesses(*dims, R, C, df, pk))]
             out.append((cyc, acc))
         best = np.stack([o[0].sum(axis=(1, 2)) for o in out]).argmin(axis=0)
         pick = lambda arrs: np.stack(arrs)[best, np.arange(len(best))]  # noqa: E731

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ridgeline.errors import RidgelineError
 from ridgeline.specs import NumberFormat, get_format
@@ -63,7 +64,12 @@ def parse_operand(name: str, where: str = "operand") -> Operand:
 
 def operand_of(fmt: NumberFormat | str) -> Operand:
     """The operand type a stored number format presents to the PE (raise for formats no PE here takes)."""
-    f = get_format(fmt) if isinstance(fmt, str) else fmt
+    return _operand_of(fmt.name if isinstance(fmt, NumberFormat) else fmt)
+
+
+@lru_cache(maxsize=None)
+def _operand_of(name: str) -> Operand:
+    f = get_format(name)
     if f.family == "float":
         key = {"fp8_e4m3": None, "fp8_e5m2": None}.get(f.name, f.name)
         if key in _FLOAT_SIGNIFICAND:

@@ -99,23 +99,30 @@ def _classes(d: int, t: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(t, d // t), (d % t, (d % t > 0).astype(np.float64))]
 
 
-def _traffic(order: str, M: int, K: int, N: int, tm, tk, tn, op: Operands):
-    """DRAM bytes (A, B, C read back, C written) of a loop order over the tile loops (outer → inner).
+def _moves(outer: str, deps: str) -> np.ndarray:
+    """Per loop order (rows of ORDERS), for each loop in `deps`: whether it sits inside loop `outer`."""
+    return np.array([[o.index(x) > o.index(outer) for x in deps] for o in ORDERS])
+
+
+#: per order: which of an operand's loops run inside its irrelevant loop (A: m, k inside n; B: k, n inside m;
+#: C: m, n inside k)
+_A_INSIDE, _B_INSIDE, _C_INSIDE = _moves("n", "mk"), _moves("m", "kn"), _moves("k", "mn")
+
+
+def _traffic(M: int, K: int, N: int, tm, tk, tn, op: Operands):
+    """DRAM bytes (A, B, C read back, C written) of every loop order (rows) over the tile loops.
 
     An operand is fetched again on each iteration of its irrelevant loop only if some loop it depends on, inside
     that one, takes more than one trip (otherwise its tile never changes). The output spills across k the same
     way: only if a loop it depends on iterates inside k."""
-    pos = {c: i for i, c in enumerate(order)}
-    trips = {"m": tm, "k": tk, "n": tn}
-
-    def inner_moves(outer: str, deps: str):
-        return np.logical_or.reduce([(pos[x] > pos[outer]) & (trips[x] > 1) for x in deps])
-
-    a = M * K * op.a * np.where(inner_moves("n", "mk"), tn, 1)
-    b = K * N * op.b * np.where(inner_moves("m", "kn"), tm, 1)
-    c_read = M * N * op.acc * np.where(inner_moves("k", "mn"), tk - 1, 0)
-    c_write = M * N * op.out + c_read
-    return tuple(np.broadcast_to(np.asarray(v, dtype=np.float64), np.shape(tm)) for v in (a, b, c_read, c_write))
+    col = lambda flags, i: flags[:, i:i + 1]  # noqa: E731
+    a_re = (col(_A_INSIDE, 0) & (tm > 1)) | (col(_A_INSIDE, 1) & (tk > 1))
+    b_re = (col(_B_INSIDE, 0) & (tk > 1)) | (col(_B_INSIDE, 1) & (tn > 1))
+    c_re = (col(_C_INSIDE, 0) & (tm > 1)) | (col(_C_INSIDE, 1) & (tn > 1))
+    a = M * K * op.a * np.where(a_re, tn, 1)
+    b = K * N * op.b * np.where(b_re, tm, 1)
+    c_read = M * N * op.acc * np.where(c_re, tk - 1, 0)
+    return a, b, c_read, M * N * op.out + c_read
 
 
 @lru_cache(maxsize=65536)
@@ -147,45 +154,45 @@ def _search(M: int, K: int, N: int, op: Operands, ap: ArrayParams, objective: st
     tm, tk, tn = -(-M // Mt), -(-K // Kt), -(-N // Nt)
     vol = float(M) * K * N
     macs = vol
-    rows = []
+    a, b, cr, cw = _traffic(M, K, N, tm, tk, tn, op)  # (orders, candidates)
+    dram = a + b + cr + cw
+    x = dram / ap.dram_bpc
+    first = (Mt * Kt * op.a + Kt * Nt * op.b + Mt * Nt * op.out) / ap.dram_bpc
+    e_dram = dram * ap.dram_pj
+    classes = [(cm * ck * cn, mt, kt, nt) for (mt, cm), (kt, ck), (nt, cn)
+               in product(_classes(M, Mt), _classes(K, Kt), _classes(N, Nt))]
+    classes = [c for c in classes if np.any(c[0] > 0)]
+    cnt = np.stack([c[0] for c in classes])  # (classes, candidates)
+    share = np.stack([c[0] * c[1] * c[2] * c[3] for c in classes]) / vol
+    best = None
     for df in ap.dataflows:
-        cyc = np.zeros(len(Mt))
-        sa = np.zeros((4, len(Mt)))
-        cls = []
-        for (mt, cm), (kt, ck), (nt, cn) in product(_classes(M, Mt), _classes(K, Kt), _classes(N, Nt)):
-            cnt = cm * ck * cn
-            c = fold_cycles(mt, kt, nt, ap.rows, ap.cols, df, op.pack)
-            cyc += cnt * c
-            sa += cnt * np.array(sram_accesses(mt, kt, nt, ap.rows, ap.cols, df, op.pack))
-            cls.append((cnt, c, cnt * mt * kt * nt / vol))
+        c = np.stack([fold_cycles(mt, kt, nt, ap.rows, ap.cols, df, op.pack) for _, mt, kt, nt in classes])
+        acc = np.stack([np.stack(sram_accesses(mt, kt, nt, ap.rows, ap.cols, df, op.pack)) for _, mt, kt, nt in classes])
+        cyc = (cnt * c).sum(axis=0)
+        sa = (cnt[:, None, :] * acc).sum(axis=0)
         # partial sums arriving across k tiles are accumulated in the output buffer too (os: one per k tile)
         contrib = sum(ck * psum_contributions(kt, ap.rows, df, op.pack) for kt, ck in _classes(K, Kt))
         sram_in, sram_w = sa[0] * op.a, sa[1] * op.b
-        sram_out_array = M * N * (2 * contrib - 1) * op.acc
-        throttle = np.maximum.reduce([np.ones_like(cyc), sram_in / ap.input_bpc / np.maximum(cyc, 1),
-                                      sram_w / ap.weight_bpc / np.maximum(cyc, 1),
-                                      sram_out_array / ap.output_bpc / np.maximum(cyc, 1)])
-        for order in ORDERS:
-            a, b, cr, cw = _traffic(order, M, K, N, tm, tk, tn, op)
-            x = (a + b + cr + cw) / ap.dram_bpc
-            if ap.double_buffer:
-                t = sum(cnt * np.maximum(c * throttle, x * share / np.maximum(cnt, 1)) for cnt, c, share in cls)
-                t = t + (Mt * Kt * op.a + Kt * Nt * op.b + Mt * Nt * op.out) / ap.dram_bpc
-            else:
-                t = cyc * throttle + x
-            sram = (sram_in + a, sram_w + b, sram_out_array + cr + cw)
-            e_sram = sram[0] * ap.input_pj + sram[1] * ap.weight_pj + sram[2] * ap.output_pj
-            e_dram = (a + b + cr + cw) * ap.dram_pj
-            rows.append((df, order, t, cyc * throttle, (a, b, cr, cw), sram, e_sram, e_dram))
-    best = None
-    for df, order, t, comp, dram, sram, e_sram, e_dram in rows:
+        sram_out = M * N * (2 * contrib - 1) * op.acc
+        busy = np.maximum(cyc, 1)
+        throttle = np.maximum.reduce([np.ones_like(cyc), sram_in / ap.input_bpc / busy, sram_w / ap.weight_bpc / busy,
+                                      sram_out / ap.output_bpc / busy])
+        if ap.double_buffer:  # per class of tiles: max(compute, its share of the transfers), per order
+            per_tile = x[:, None, :] * share[None] / np.maximum(cnt, 1)[None]
+            t = (cnt[None] * np.maximum((c * throttle)[None], per_tile)).sum(axis=1) + first
+        else:
+            t = cyc * throttle + x
+        e_sram = (sram_in + a) * ap.input_pj + (sram_w + b) * ap.weight_pj + (sram_out + cr + cw) * ap.output_pj
         e = macs * op.mac_pj + e_sram + e_dram
-        key = np.lexsort((e, t)) if objective == "latency" else np.lexsort((t, e))
-        i = key[0]
-        score = (t[i], e[i]) if objective == "latency" else (e[i], t[i])
+        flat_t, flat_e = t.ravel(), np.broadcast_to(e, t.shape).ravel()
+        i = int((np.lexsort((flat_e, flat_t)) if objective == "latency" else np.lexsort((flat_t, flat_e)))[0])
+        o, j = divmod(i, t.shape[1])
+        score = (flat_t[i], flat_e[i]) if objective == "latency" else (flat_e[i], flat_t[i])
         if best is None or score < best[0]:
-            best = (score, GemmCost(float(t[i]), float(comp[i]), macs, tuple(float(v[i]) for v in dram),
-                                    tuple(float(v[i]) for v in sram), (macs * op.mac_pj, float(e_sram[i]),
-                                                                       float(e_dram[i])),
-                                    (int(Mt[i]), int(Kt[i]), int(Nt[i])), order, df))
+            sram = (sram_in[j] + a[o, j], sram_w[j] + b[o, j], sram_out[j] + cr[o, j] + cw[o, j])
+            best = (score, GemmCost(float(flat_t[i]), float(cyc[j] * throttle[j]), macs,
+                                    (float(a[o, j]), float(b[o, j]), float(cr[o, j]), float(cw[o, j])),
+                                    tuple(float(v) for v in sram),
+                                    (macs * op.mac_pj, float(e_sram[o, j]), float(e_dram[o, j])),
+                                    (int(Mt[j]), int(Kt[j]), int(Nt[j])), ORDERS[o], df))
     return best[1]
