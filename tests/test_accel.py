@@ -459,9 +459,11 @@ def test_cli_accel(tmp_path):
 
     runner = CliRunner()
     r = runner.invoke(app, ["accel", "-m", "smollm2-135m", "-s", "64:4", "-d", "fp16,harmonia", "--explore", "4",
-                            "--axes", "rows=8,16;cols=32,64", "--out", str(tmp_path), "--per-operator"])
+                            "--axes", "rows=8,16;cols=32,64", "--out", str(tmp_path), "--per-operator",
+                            "--fpga", "kv260"])
     assert r.exit_code == 0, r.output
     assert "harmonia" in r.output and "q_proj" in r.output and (tmp_path / "pareto_decode.png").exists()
+    assert "HLS estimate on AMD Kria KV260" in r.output
     bad = runner.invoke(app, ["accel", "-d", "tpu-v9"])
     assert bad.exit_code == 2 and "unknown accelerator design" in bad.output
     bad = runner.invoke(app, ["accel", "--axes", "rows"])

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 from ridgeline.accel.design import Design, get_design
 from ridgeline.accel.dse import DEFAULT_AXES, Exploration, explore
+from ridgeline.accel.fpga import hls_compare
 from ridgeline.accel.simulate import AccelResult, simulate
 from ridgeline.errors import RidgelineError
 from ridgeline.roofline import Workload, build_workload
@@ -31,6 +32,7 @@ class AccelReport:
     baseline: str
     comparisons: tuple[dict, ...]
     exploration: Exploration | None = None
+    hls: tuple[dict, ...] = ()  # naive against explored HLS designs per phase, when an FPGA was asked for
 
 
 def design_precision(d: Design, weights: str | None = None, kv: str | None = None) -> Precision:
@@ -62,9 +64,11 @@ def run(model: str | ModelSpec = "smollm2-135m", scenario: str | Scenario = "512
         designs: Sequence[str | Design] = DESIGNS, baseline: str | None = None, objective: str = "latency",
         weights: str | None = None, kv: str | None = None, explore_around: str | Design | None = None,
         explore_points: int = 0, explore_workers: int = 1, axes: dict | None = None, step_stride: int = 1,
+        fpga: str | None = None, fpga_pe: str = "bfp8xint4",
         progress: Callable[[str, int, int], None] | None = None) -> AccelReport:
     """Simulate `designs` on the model's scenario; ratios to `baseline` (default: the first design); explore
-    `explore_points` design points around `explore_around` (default: the last design) when asked."""
+    `explore_points` design points around `explore_around` (default: the last design) when asked; estimate
+    naive against explored HLS designs of the linear GEMMs on `fpga` (zcu102, kv260) with `fpga_pe` lanes."""
     spec = model if isinstance(model, ModelSpec) else load_spec(model)
     sc = scenario if isinstance(scenario, Scenario) else parse_scenario(scenario)
     ds = [d if isinstance(d, Design) else get_design(d) for d in designs]
@@ -89,4 +93,9 @@ def run(model: str | ModelSpec = "smollm2-135m", scenario: str | Scenario = "512
             get_design(explore_around) if explore_around else ds[-1])
         exploration = explore(around, spec, sc, axes or DEFAULT_AXES, samples=explore_points, objective=objective,
                               workers=explore_workers, progress=progress)
-    return AccelReport(tuple(results), base_name, comps, exploration)
+    hls = ()
+    if fpga:
+        w = results[-1].workload
+        hls = tuple(hls_compare(w, fpga, fpga_pe, phase) for phase in ("prefill", "decode") if w.phases[
+            0 if phase == "prefill" else 1].steps)
+    return AccelReport(tuple(results), base_name, comps, exploration, hls)

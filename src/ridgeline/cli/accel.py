@@ -50,23 +50,27 @@ def accel(
     explore: int = typer.Option(0, "--explore", help="design points to explore around the last design (0: none)"),
     axes: Optional[str] = typer.Option(None, "--axes", help="exploration axes, e.g. 'rows=8,32;cols=64,256;kv=harmonia,bfp32m4' (default: all)"),
     workers: int = typer.Option(1, "--workers", help="processes evaluating design points"),
+    fpga: Optional[str] = typer.Option(None, "--fpga", help="also estimate naive vs explored HLS designs of the GEMMs on this FPGA (zcu102, kv260)"),
+    fpga_pe: str = typer.Option("bfp8xint4", "--fpga-pe", help="FPGA MAC lane type: fp16xfp16, int8xint8 or bfp8xint4"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for accel.json and the Pareto and roofline plots"),
     as_json: bool = JSON,
 ) -> None:
     """Simulate a model's prefill and decode on accelerator designs; compare them; explore the design space."""
     from ridgeline.accel import result_json, run
-    from ridgeline.report import (accel_area_table, accel_compare_table, accel_front_table, accel_operator_table,
-                                  accel_phase_table, write_accel_outputs)
+    from ridgeline.report import (accel_area_table, accel_compare_table, accel_front_table, accel_hls_table,
+                                  accel_operator_table, accel_phase_table, write_accel_outputs)
 
     with progress("accel") as report:
         rep = run(model, scenario, csv_list(designs, "--design"), baseline, objective, weights, kv,
-                  explore_points=explore, explore_workers=workers, axes=_axes(axes), progress=report)
+                  explore_points=explore, explore_workers=workers, axes=_axes(axes), fpga=fpga, fpga_pe=fpga_pe,
+                  progress=report)
     files = []
     if out:
         with writing(out):
             files = write_accel_outputs(rep, out)
     if as_json:
-        print(dumps({"designs": [result_json(r, per_operator) for r in rep.results], "comparisons": rep.comparisons}))
+        print(dumps({"designs": [result_json(r, per_operator) for r in rep.results], "comparisons": rep.comparisons,
+                     "hls": rep.hls}))
         return
     for r in rep.results:
         console.print(accel_phase_table(r))
@@ -78,5 +82,7 @@ def accel(
     if rep.exploration is not None:
         console.print(accel_front_table(rep.exploration, "prefill"))
         console.print(accel_front_table(rep.exploration, "decode"))
+    for h in rep.hls:
+        console.print(accel_hls_table(h))
     for f in files:
         say(f"wrote {f}")

@@ -113,6 +113,22 @@ def accel_front_table(ex: Exploration, phase: str, limit: int = 12) -> Table:
     return t
 
 
+def accel_hls_table(hls: dict) -> Table:
+    """Naive against explored HLS designs of one phase's GEMMs on an FPGA (the ScaleHLS-style ratio)."""
+    t = Table(title=f"HLS estimate on {hls['device']}, {hls['pe']} lanes — {hls['model']} {hls['scenario']} "
+                    f"{hls['phase']}: naive {seconds(hls['naive_s'])}, explored {seconds(hls['optimised_s'])}, "
+                    f"×{hls['speedup']:.0f} (ScaleHLS reported ×{hls['scalehls_reported']:g} on its benchmarks)")
+    for c in ("operator", "M×K×N", "naive tile", "tile", "unroll", "pipelined", "II", "DSP", "LUT", "BRAM36",
+              "speedup"):
+        t.add_column(c, justify="left" if c in ("operator", "pipelined") else "right")
+    for o in hls["ops"]:
+        b = o["optimised"]
+        t.add_row(o["op"], "×".join(map(str, o["shape"])), "×".join(map(str, o["naive"]["tile"])),
+                  "×".join(map(str, b["tile"])), "×".join(map(str, b["unroll"])), b["pipelined"], str(b["ii"]),
+                  f"{b['dsp']:.0f}", f"{b['lut']:.0f}", str(b["bram36"]), f"×{o['speedup']:.0f}")
+    return t
+
+
 def plot_pareto(ex: Exploration, phase: str, out: str | Path) -> list[Path]:
     """Latency against energy (colour: area) of every point of one phase, its front drawn; and latency against
     area. Writes `out`.png and `out`.svg."""
@@ -172,7 +188,7 @@ def write_accel_outputs(rep: AccelReport, out_dir: str | Path, per_operator: boo
 
     out_dir = Path(out_dir)
     record = {"baseline": rep.baseline, "designs": [result_json(r, per_operator) for r in rep.results],
-              "comparisons": list(rep.comparisons)}
+              "comparisons": list(rep.comparisons), "hls": list(rep.hls)}
     files: list[Path] = []
     ex = rep.exploration
     if ex is not None:
