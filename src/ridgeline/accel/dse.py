@@ -1,5 +1,6 @@
-"""Design-space exploration: sweep a base design's array shape, buffers, activation mantissa, DRAM bandwidth,
-weight format and KV tiers; evaluate each point on one workload; keep prefill and decode Pareto fronts apart.
+"""Design-space exploration: sweep a base design's array shape, buffers (size, double buffering), activation
+mantissa, DRAM bandwidth, weight format and KV tiers; evaluate each point on one workload; keep prefill and
+decode Pareto fronts apart.
 
 A point's metrics: prefill latency (TTFT, s) and energy (J); decode latency and energy per generated token;
 area (mm²). A point is on a phase's front when no other point is at least as good in that phase's latency,
@@ -36,6 +37,7 @@ DEFAULT_AXES: dict[str, tuple] = {
     "dram_GBps": (34.0, 68.0, 136.0),
     "weights": ("int4_g128", "int8_pc"),
     "kv": ("harmonia", "harmonia_s4_r64", "bfp32m4", "bfp32m8"),
+    "double_buffer": (True, False),
 }
 PHASE_METRICS = {"prefill": ("prefill_s", "prefill_j"), "decode": ("decode_s_per_token", "decode_j_per_token")}
 
@@ -72,6 +74,8 @@ def apply(base: Design, params: dict[str, Any]) -> Design:
         size = int(params["buffer_kib"] * 1024)
         for b in ("input", "weight", "output"):
             changes[b] = {"bytes": size}
+    if "double_buffer" in params:
+        changes["double_buffer"] = bool(params["double_buffer"])
     if "dram_GBps" in params:
         changes["dram_Bps"] = float(params["dram_GBps"]) * 1e9
     fmts = {}
