@@ -24,10 +24,8 @@ from ridgeline.accel import costs
 from ridgeline.accel.tiling import Operands, best_gemm
 from ridgeline.accel.pricing import array_params, area_um2
 from ridgeline.errors import RidgelineError
-from ridgeline.roofline.workload import Options, build_workload
-from ridgeline.specs.catalogue import catalogue_spec
-from ridgeline.specs.model import spec_from_config
-from ridgeline.specs.scenario import Precision, Scenario
+from ridgeline.roofline import Options, build_workload
+from ridgeline.specs import Precision, Scenario, spec_from_config
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "ridgeline"
 

@@ -23,7 +23,6 @@ import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from itertools import product
 
 import numpy as np
 
