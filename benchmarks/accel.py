@@ -193,6 +193,7 @@ def part_ppl(tokens: int, context: int) -> dict:
     """Perplexity of the bundled model: fp32, Harmonia KV only, BFP activations only, the full scheme."""
     import torch
 
+    from ridgeline.arch import Variant
     from ridgeline.eval import EvalConfig, run_eval
     from ridgeline.loader import load_model
     from ridgeline.quant import BFPConfig, quantize_
@@ -208,7 +209,8 @@ def part_ppl(tokens: int, context: int) -> dict:
             quantize_(model, BFPConfig(weight_format=quant[0], act_format=quant[1]))
         t0 = time.perf_counter()
         rec = run_eval(EvalConfig(model="smollm2-135m", tasks=("ppl",), dtype="fp32", context=context,
-                                  stride=context, max_tokens=tokens, kv=kv), model=model, tokenizer=tok)
+                                  stride=context, max_tokens=tokens, variant=Variant(kv=kv)), model=model,
+                       tokenizer=tok)
         ppl = rec["tasks"]["ppl"]
         value = ppl["token_perplexity"]
         ref = ref or value
