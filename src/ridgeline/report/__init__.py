@@ -1,6 +1,9 @@
 """Rendering for people, torch-free: rich tables, roofline and sweep plots (matplotlib, imported when drawing),
 the quality table and the self-contained HTML page. Everything reads records or flat rows, never models."""
 
+from ridgeline.report.accel import (accel_area_table, accel_compare_table, accel_demo_step, accel_front_table,
+                                    accel_hls_table, accel_operator_table, accel_phase_table, plot_pareto,
+                                    write_accel_outputs)
 from ridgeline.report.html import Column, Report
 from ridgeline.report.measured import (bench_plots, bench_table, contention_warnings, error_line, measured_points, phi_warnings,
                                        result_roofs, sweep_rows)
@@ -10,7 +13,8 @@ from ridgeline.report.summary import summary_report
 from ridgeline.report.tables import (attention_summary, devices_table, export_table, formats_table, gqa_table, memory_table, models_table, operator_table,
                                      probe_table, quant_table, seconds, serve_tables, si, summary_table)
 
-__all__ = ["Column", "Point", "Report", "Roof", "attention_summary", "bench_plots", "bench_table", "contention_warnings", "device_roofs", "devices_table",
+__all__ = ["Column", "Point", "Report", "Roof", "accel_area_table", "accel_compare_table", "accel_demo_step",
+           "accel_front_table", "accel_hls_table", "accel_operator_table", "accel_phase_table", "plot_pareto", "write_accel_outputs", "attention_summary", "bench_plots", "bench_table", "contention_warnings", "device_roofs", "devices_table",
            "error_line", "export_table", "formats_table", "gqa_table", "measured_points", "memory_table", "models_table", "operator_table",
            "phi_warnings", "plot_roofline", "plot_sweep", "prediction_points", "probe_table", "quality_columns",
            "quality_rows", "quality_table", "quant_table", "result_roofs", "seconds", "serve_tables", "si",

@@ -28,6 +28,27 @@ KINDS = ("weights", "activations", "kv_read", "kv_write")
 
 
 @dataclass(frozen=True)
+class GemmShape:
+    """The matrix products behind a gemm or attention operator, per instance and step.
+
+    `batch` independent products (m × k)·(k × n); m, k, n are numbers or per-step arrays (attention over a growing
+    cache). Operand A (m × k) is activations: tokens, or the queries (attention probabilities) of the `group` query
+    heads that share one KV head, rows ordered position-major (m = group · new tokens). Operand B (k × n) is `b`:
+    "weights", "keys" or "values". Attention products are the full rectangles of all new queries against the keys a
+    step reads; the operator's FLOPs count only the pairs the causal mask (and `window`) keeps. Only the accelerator
+    simulator reads shapes; the roofline prices FLOPs and bytes.
+    """
+
+    m: float | np.ndarray
+    k: float | np.ndarray
+    n: float | np.ndarray
+    batch: float = 1
+    b: str = "weights"
+    group: int = 1
+    window: int | None = None
+
+
+@dataclass(frozen=True)
 class Options:
     """Accounting switches; defaults describe a fused-attention runtime that keeps only the last logits."""
 
@@ -69,6 +90,7 @@ class Operator:
     flops: np.ndarray
     bytes: dict[str, np.ndarray]
     _memo: dict = field(default_factory=dict, repr=False, compare=False)
+    shape: GemmShape | None = field(default=None, compare=False)  # gemm and attention products (accel only)
 
     def total_flops(self, steps: int) -> float:
         """FLOPs over all instances and steps."""
@@ -299,13 +321,13 @@ class _Ctx:
         return self.b * self.kv.write_bytes(c, s, k, True), self.b * self.kv.write_bytes(c, s, v, False)
 
     def op(self, name: str, kind: str, group: str, count: int, flops, weights=0.0, acts=0.0,
-           kv_read=0.0, kv_write=0.0, block_acts=0.0) -> Operator:
+           kv_read=0.0, kv_write=0.0, block_acts=0.0, shape: GemmShape | None = None) -> Operator:
         """An operator; scalar or per-step array costs; `block_acts` are its bytes in "block" traffic mode."""
         arr = lambda x: np.atleast_1d(np.asarray(x, dtype=np.float64))
         acts = {"unfused": acts, "block": block_acts, "fused": 0.0}[self.traffic]
         return Operator(name, kind, group, count, arr(flops),
                         {"weights": arr(weights), "activations": arr(acts),
-                         "kv_read": arr(kv_read), "kv_write": arr(kv_write)})
+                         "kv_read": arr(kv_read), "kv_write": arr(kv_write)}, shape=shape)
 
     # -- model-level operators -------------------------------------------------------------------
 
@@ -321,7 +343,7 @@ class _Ctx:
             self.op("final_norm", "elementwise", "model", 1, self.opt.norm_ops * T * h,
                     weights=tb["output_norm"], acts=2 * T * h * a),
             self.op("lm_head", "gemm", "model", 1, 2.0 * s_out * h * V, weights=head,
-                    acts=s_out * (h + V) * a),
+                    acts=s_out * (h + V) * a, shape=GemmShape(s_out, h, V)),
         ]
 
     # -- one layer ---------------------------------------------------------------------------------
@@ -352,20 +374,30 @@ class _Ctx:
         return ops
 
     def _gemm(self, name: str, group: str, count: int, tokens: float, k: int, n: int, weights: float,
-              bias: bool = False, block_out: bool = False, **kv) -> Operator:
-        """tokens × k by k × n; `block_out` marks the GEMM that writes a block's output (block traffic mode)."""
+              bias: bool = False, block_out: bool = False, batch: float = 1, **kv) -> Operator:
+        """tokens × k by k × n; `block_out` marks the GEMM that writes a block's output (block traffic mode);
+        `batch` > 1 splits the tokens over that many weight matrices (heads, experts): shape only, FLOPs unchanged."""
         flops = 2.0 * tokens * k * n + (tokens * n if bias else 0)
         return self.op(name, "gemm", group, count, flops, weights=weights, acts=tokens * (k + n) * self.a,
-                       block_acts=tokens * n * self.a if block_out else 0.0, **kv)
+                       block_acts=tokens * n * self.a if block_out else 0.0,
+                       shape=GemmShape(np.asarray(tokens) / batch, k, n, batch), **kv)
 
-    def _attention_core(self, group: str, count: int, nq: int, dqk: int, dv: int, keys, kv_k, kv_v, T: float):
-        """QKᵀ, softmax and A·V over `keys` query-key pairs per head; KV bytes read by the first and last."""
-        opt, a = self.opt, self.a
+    def _attention_core(self, group: str, count: int, nq: int, dqk: int, dv: int, keys, kv_k, kv_v, T: float,
+                        kv_heads: int, kv_tokens, window: int | None):
+        """QKᵀ, softmax and A·V over `keys` query-key pairs per head; KV bytes read by the first and last.
+        `kv_heads` distinct K/V heads are shared by nq / kv_heads query heads each over `kv_tokens` tokens."""
+        opt, a, b = self.opt, self.a, self.b
         scores = nq * keys * a if opt.attention == "unfused" else 0.0
+        g = max(nq // kv_heads, 1)
+        rows = g * T / b  # query rows per KV head and sequence
+        qk = GemmShape(rows, dqk, kv_tokens, b * kv_heads, "keys", g, window)
+        av = GemmShape(rows, kv_tokens, dv, b * kv_heads, "values", g, window)
         return [
-            self.op("qk", "attention", group, count, 2.0 * nq * dqk * keys, acts=T * nq * dqk * a + scores, kv_read=kv_k),
+            self.op("qk", "attention", group, count, 2.0 * nq * dqk * keys, acts=T * nq * dqk * a + scores, kv_read=kv_k,
+                    shape=qk),
             self.op("softmax", "attention", group, count, opt.softmax_ops * nq * keys, acts=2 * scores),
-            self.op("av", "attention", group, count, 2.0 * nq * dv * keys, acts=T * nq * dv * a + scores, kv_read=kv_v),
+            self.op("av", "attention", group, count, 2.0 * nq * dv * keys, acts=T * nq * dv * a + scores, kv_read=kv_v,
+                    shape=av),
         ]
 
     def _attention_ops(self, layer: Layer, s: int, c, keys, kv_tokens, tb, group: str, count: int) -> list[Operator]:
@@ -388,7 +420,8 @@ class _Ctx:
         if att.rotary_dim:
             rot = T * (nq + nkv) * att.rotary_dim
             ops.append(self.op("rope", "elementwise", group, count, opt.rope_ops * rot, acts=2 * rot * a))
-        ops += self._attention_core(group, count, nq, d, d, keys, *self.kv_read(layer, kv_tokens), T)
+        ops += self._attention_core(group, count, nq, d, d, keys, *self.kv_read(layer, kv_tokens), T,
+                                    nkv, kv_tokens, att.window)
         ops.append(self._gemm("o_proj", group, count, T, nq * d, h, tb["attn_output"], att.o_bias, block_out=True))
         return ops
 
@@ -418,15 +451,15 @@ class _Ctx:
             # q·W_UK per token, attention over the latent (d_c + d_r keys, d_c values), then ·W_UV per token
             # kv_b holds W_UK (d_n rows per head) and W_UV (d_v rows per head): each is streamed once
             w_uk = tb["attn_kv_b"] * dn / (dn + dv)
-            ops.append(self._gemm("q_absorb", group, count, T * nq, dn, dc, w_uk))
-            ops += self._attention_core(group, count, nq, dc + dr, dc, keys, read, 0.0, T)
-            ops.append(self._gemm("o_absorb", group, count, T * nq, dc, dv, tb["attn_kv_b"] - w_uk))
+            ops.append(self._gemm("q_absorb", group, count, T * nq, dn, dc, w_uk, batch=nq))
+            ops += self._attention_core(group, count, nq, dc + dr, dc, keys, read, 0.0, T, 1, kv_tokens, att.window)
+            ops.append(self._gemm("o_absorb", group, count, T * nq, dc, dv, tb["attn_kv_b"] - w_uk, batch=nq))
         else:
             # materialised: kv_b decompresses the tokens attended (latent cache) or only the new ones
             tokens = b * kv_tokens if latent else T
             ops.append(self._gemm("kv_b_proj", group, count, tokens, dc, nq * (dn + dv), tb["attn_kv_b"],
                                   kv_write=0.0 if latent else written))
-            ops += self._attention_core(group, count, nq, dn + dr, dv, keys, read, 0.0, T)
+            ops += self._attention_core(group, count, nq, dn + dr, dv, keys, read, 0.0, T, nq, kv_tokens, att.window)
         ops.append(self._gemm("o_proj", group, count, T, nq * dv, h, tb["attn_output"], block_out=True))
         return ops
 
@@ -456,13 +489,15 @@ class _Ctx:
         touched = E * (1.0 - (1.0 - k / E) ** T)
         per_expert = lambda role: tb[role] / E * touched
         pairs = T * k  # token-expert pairs
+        ne = max(round(touched), 1)  # expert GEMMs: the pairs spread evenly over the experts touched (shape only)
         ops = [self._gemm("router", group, count, T, h, E, tb["ffn_gate_inp"]),
                self.op("router_softmax", "elementwise", group, count, opt.softmax_ops * T * E, acts=2 * T * E * a),
-               self._gemm("experts_gate", group, count, pairs, h, f, per_expert("ffn_gate_exps")),
-               self._gemm("experts_up", group, count, pairs, h, f, per_expert("ffn_up_exps")),
+               self._gemm("experts_gate", group, count, pairs, h, f, per_expert("ffn_gate_exps"), batch=ne),
+               self._gemm("experts_up", group, count, pairs, h, f, per_expert("ffn_up_exps"), batch=ne),
                self.op("experts_act_mul", "elementwise", group, count, opt.glu_ops * pairs * f, acts=3 * pairs * f * a,
                        block_acts=2 * pairs * f * a),
-               self._gemm("experts_down", group, count, pairs, f, h, per_expert("ffn_down_exps"), block_out=True),
+               self._gemm("experts_down", group, count, pairs, f, h, per_expert("ffn_down_exps"), block_out=True,
+                          batch=ne),
                self.op("experts_combine", "elementwise", group, count, 2.0 * pairs * h, acts=(pairs + T) * h * a)]
         if e.shared_intermediate:
             sf = e.shared_intermediate
