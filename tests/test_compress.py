@@ -417,3 +417,111 @@ def test_cli_compresses_a_text_file_and_errors_in_one_line(tiny, tmp_path):
     assert res.exit_code == 2 and "empty" in res.stderr
     res = runner.invoke(app, ["compress", "--help"])
     assert res.exit_code == 0 and "train" in res.stdout
+
+
+def test_cli_corpus_eval_and_train_errors(tiny, tmp_path):
+    from ridgeline.cli import app
+
+    model, tok = tiny
+    folder = tmp_path / "tiny"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    runner = CliRunner()
+    res = runner.invoke(app, ["compress", str(folder), "--method", "selective", "--rate", "2", "--corpus-eval",
+                              "--lengths", "48", "--samples", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    rec = json.loads(res.stdout)
+    rows = {(r["method"], r["rate"]): r for r in rec["summary"]}
+    assert set(rows) == {("full", None), ("truncate", 2.0), ("selective", 2.0)}
+    assert rows[("full", None)]["delta_nll"] == 0 and rows[("selective", 2.0)]["rate_achieved_mean"] == 2.0
+    assert len(rec["items"]) == 2 * 3
+    res = runner.invoke(app, ["compress", str(folder), "--corpus-eval", "--budget", "10"])
+    assert res.exit_code == 2 and "--rate" in res.stderr
+    res = runner.invoke(app, ["compress", "train", str(folder), "--out", str(tmp_path / "s"), "--stage", "scrl"])
+    assert res.exit_code == 2 and "--init" in res.stderr
+
+
+# --- the roofline's view: analyze --compress ---------------------------------------------------------------------
+
+TINY_SPEC = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 256, "max_position_embeddings": 4096,
+             "tie_word_embeddings": False}
+
+
+@pytest.fixture()
+def tiny_spec(tmp_path):
+    from ridgeline.specs import load_spec
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(TINY_SPEC))
+    return load_spec(str(path))
+
+
+def test_scenario_compress_prefills_fewer_tokens_and_keeps_old_json():
+    from ridgeline.specs import Scenario
+
+    sc = Scenario(2048, 64, compress=3)
+    assert sc.prefill_tokens == 683 and sc.final_context == 683 + 64
+    assert sc.to_json()["compress"] == 3 and sc.to_json()["prefill_tokens"] == 683
+    assert Scenario(2048, 64).to_json() == {"name": "2048:64", "prompt": 2048, "generate": 64, "batch": 1}
+    with pytest.raises(RidgelineError, match="compression rate"):
+        Scenario(100, 1, compress=0.5)
+
+
+def test_compressed_workload_equals_the_shorter_prompt_plus_the_compressor(tiny_spec):
+    from ridgeline.roofline import Compressor, Options, build_workload
+    from ridgeline.specs import Precision, Scenario
+
+    prec = Precision("fp32", "fp32", "fp32")
+    short = build_workload(tiny_spec, Scenario(1000, 16), prec)
+    plain = build_workload(tiny_spec, Scenario(2000, 16, compress=2), prec)
+    assert plain.prefill.flops == short.prefill.flops and plain.kv_bytes == short.kv_bytes
+    assert plain.decode.flops == short.decode.flops
+    h, V, P = 64, 256, 2000
+    scorer = build_workload(tiny_spec, Scenario(P, 16, compress=2), prec,
+                            compressor=Compressor("self:2", tiny_spec, 2, head_hidden=8))
+    first2 = build_workload(tiny_spec.with_layers(2), Scenario(P, 0), prec)
+    # the first 2 layers over all P tokens, no lm_head, plus the head: [h_t, h_t+1] -> 8 -> 1 per token
+    want = first2.prefill.flops - 2 * h * V + 2 * P * (2 * h * 8 + 8)
+    assert scorer.prefill.flops - short.prefill.flops == pytest.approx(want)
+    whole = build_workload(tiny_spec, Scenario(P, 16, compress=2), prec, compressor=Compressor("self", tiny_spec))
+    full_logits = build_workload(tiny_spec, Scenario(P, 0), prec, Options(logits="all"))
+    assert whole.prefill.flops - short.prefill.flops == pytest.approx(full_logits.prefill.flops)
+    opaque = build_workload(tiny_spec, Scenario(P, 16, compress=2), prec, compressor=Compressor("f", flops_per_token=1e6))
+    assert opaque.prefill.flops - short.prefill.flops == pytest.approx(1e6 * P)
+    assert {o.group for o in scorer.prefill.ops if o.name.startswith("compressor:")} >= {"compressor"}
+
+
+def test_predict_compression_summary(tiny_spec):
+    from ridgeline.roofline import compression_summary, predict
+
+    p = predict(tiny_spec, "rtx-3090", "2000:16", acts="fp32", compress=2)
+    s = compression_summary(p)
+    assert s["prefill_tokens"] == 1000 and s["compressor_flops"] == 0 and s["ttft_speedup"] > 1
+    assert s["kv_saved_bytes"] == pytest.approx(s["kv_bytes_uncompressed"] * 1000 / 2016)
+    slow = compression_summary(predict(tiny_spec, "rtx-3090", "2000:16", acts="fp32", compress=2, compressor="self"))
+    assert slow["ttft_s"] > s["ttft_s"] and slow["compressor_time_s"] > 0
+    with pytest.raises(RidgelineError, match="need a compression rate"):
+        predict(tiny_spec, "rtx-3090", "2000:16", compressor="self")
+    with pytest.raises(RidgelineError, match="K must be between 1 and the model's 4 layers"):
+        predict(tiny_spec, "rtx-3090", "2000:16", compress=2, compressor="self:9")
+
+
+def test_cli_analyze_compress(tmp_path):
+    from ridgeline.cli import app
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(TINY_SPEC))
+    runner = CliRunner()
+    res = runner.invoke(app, ["analyze", "-m", str(path), "-d", "rtx-3090", "-s", "2048:64", "--compress", "4",
+                              "--compressor", "self:1", "--json"])
+    assert res.exit_code == 0, res.output
+    rec = json.loads(res.stdout)
+    assert rec["scenario"]["prefill_tokens"] == 512 and rec["compression"]["rate"] == 4
+    assert 0.7 < rec["compression"]["kv_saved_fraction"] < 0.75  # (2112 - 576) / 2112
+    res = runner.invoke(app, ["analyze", "-m", str(path), "-d", "rtx-3090", "-s", "2048:64", "--compress", "2"])
+    assert res.exit_code == 0 and "prompt compressed x2: 2048 -> 1024 tokens prefilled" in res.stdout
+    for args, needle in ((["--compress", "1"], "rate must be a number > 1"),
+                         (["--compressor", "self"], "need a compression rate")):
+        res = runner.invoke(app, ["analyze", "-m", str(path), "-d", "rtx-3090", *args])
+        assert res.exit_code == 2 and len(res.stderr.splitlines()) == 1 and needle in res.stderr

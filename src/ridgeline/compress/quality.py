@@ -64,25 +64,34 @@ def _cloze_range(cont: Prompt) -> tuple[int, int] | None:
 
 def corpus_samples(tokenizer: Any, n: int, context: int, continuation: int = 64, split: str = "eval",
                    seed: int = 0, source: str | None = None) -> list[Sample]:
-    """`n` reproducible windows of `context` + `continuation` tokens from the corpus split, none overlapping."""
+    """`n` reproducible windows of `context` + `continuation` tokens from the corpus split, none overlapping.
+
+    Documents are tokenized in a seeded order only until there are 4n candidate windows from at least
+    min(n, documents) of them (a long corpus is not tokenized whole for a few samples); the windows are a grid of
+    stride context + continuation inside each document, picked in a seeded random order."""
     from ridgeline.corpus import load_corpus
 
     if n < 1 or context < 1 or continuation < 2:
         raise RidgelineError(f"need n >= 1 samples, context >= 1 and continuation >= 2 tokens; "
                              f"got {n}, {context}, {continuation}")
     width = context + continuation
-    docs = []
-    for title, text in load_corpus(split, source).documents:
+    rng = random.Random(seed)
+    documents = list(load_corpus(split, source).documents)
+    rng.shuffle(documents)
+    docs, starts = [], []
+    for title, text in documents:
         enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False, verbose=False)
-        if len(enc["input_ids"]) >= width:
-            docs.append((title, text, enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]))
-    starts = [(d, s) for d, (_, _, ids, _) in enumerate(docs) for s in range(0, len(ids) - width + 1, width)]
+        ids = enc["input_ids"]
+        if len(ids) >= width:
+            starts += [(len(docs), s) for s in range(0, len(ids) - width + 1, width)]
+            docs.append((title, text, ids, [tuple(o) for o in enc["offset_mapping"]]))
+        if len(starts) >= 4 * n and len(docs) >= min(n, len(documents)):
+            break
     if not starts:
         raise RidgelineError(f"the corpus has no document of {width} tokens; use shorter contexts")
-    rng = random.Random(seed)
     rng.shuffle(starts)
     out = []
-    for d, s in starts:  # disjoint windows (a grid of stride `width`), in a seeded random order
+    for d, s in starts:
         title, text, ids, offs = docs[d]
         ctx = _prompt(text, ids, offs, s, s + context)
         cont = _prompt(text, ids, offs, s + context, s + width)
@@ -91,8 +100,8 @@ def corpus_samples(tokenizer: Any, n: int, context: int, continuation: int = 64,
             out.append(Sample(title, s, ctx, cont, cloze))
         if len(out) == n:
             return out
-    raise RidgelineError(f"the corpus has only {len(out)} windows of {width} tokens with a cloze word, "
-                         f"fewer than the {n} asked for")
+    raise RidgelineError(f"the corpus has only {len(out)} windows of {width} tokens with a cloze word among those "
+                         f"read, fewer than the {n} asked for")
 
 
 def _prompt(text: str, ids: Sequence[int], offs: Sequence[tuple[int, int]], s: int, e: int) -> Prompt:
