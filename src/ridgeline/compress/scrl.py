@@ -34,7 +34,7 @@ from ridgeline.compress.data import word_units
 from ridgeline.compress.lm import prefix_id
 from ridgeline.compress.loop import Progress, load_optimizer, optimizer_tensors, run_steps, step_generator
 from ridgeline.compress.scorer import LearnedScorer, load_scorer, load_tensors, read_scorer_manifest, save_scorer
-from ridgeline.compress.train import TrainResult, json_config
+from ridgeline.compress.train import TrainResult, json_config, same_run
 from ridgeline.errors import RidgelineError
 
 AGGREGATES = ("mean", "max")
@@ -206,9 +206,10 @@ def train_scrl(model: Any, tokenizer: Any, init: str | Path, out: str | Path, co
     out = Path(out)
     if resume and (out / "scorer.json").is_file():
         record = read_scorer_manifest(out).get("record") or {}
-        if record.get("stage") != "scrl" or record.get("config") != json_config(config):
+        if record.get("stage") != "scrl" or not same_run(record.get("config"), json_config(config)):
             raise RidgelineError(f"{out} holds a run with another configuration or stage; resume it with the same "
-                                 "options, or write to a new folder")
+                                 "options (only the step count may change), or write to a new folder")
+        record["config"] = json_config(config)
         source = out
     else:
         if out.exists() and (not out.is_dir() or any(out.iterdir())):

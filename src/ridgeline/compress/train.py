@@ -135,9 +135,10 @@ def _resume_or_start(model: Any, tokenizer: Any, out: Path, config: ScorerTrainC
     """The scorer, windows, record and optimizer tensors: from the checkpoint in `out`, or fresh."""
     if resume and (out / "scorer.json").is_file():
         record = read_scorer_manifest(out).get("record") or {}
-        if record.get("stage") != "learned" or record.get("config") != json_config(config):
+        if record.get("stage") != "learned" or not same_run(record.get("config"), json_config(config)):
             raise RidgelineError(f"{out} holds a run with another configuration or stage; resume it with the same "
-                                 "options, or write to a new folder")
+                                 "options (only the step count may change), or write to a new folder")
+        record["config"] = json_config(config)
         return {"scorer": load_scorer(out, model).train(), "data": load_tensors(out, "windows.safetensors"),
                 "record": record, "optimizer": load_tensors(out, "optimizer.safetensors")}
     if out.exists() and not resume and any(out.iterdir()) if out.is_dir() else out.exists():
@@ -149,6 +150,16 @@ def _resume_or_start(model: Any, tokenizer: Any, out: Path, config: ScorerTrainC
               "labels": {"method": "lingua (LLMLingua(protect=()), no parts)", "rates": list(config.label_rates),
                          "split": config.corpus or "calib", "windows": config.windows, "context": config.context}}
     return {"scorer": scorer.train(), "data": data, "record": record, "optimizer": None}
+
+
+#: options a resumed run may change: how long it runs and how often it saves or evaluates
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "eval_every")
+
+
+def same_run(saved: dict | None, now: dict) -> bool:
+    """Whether a checkpoint's config and the one asked for describe the same run (up to RESUMABLE_CHANGES)."""
+    strip = lambda c: {k: v for k, v in (c or {}).items() if k not in RESUMABLE_CHANGES}
+    return saved is not None and strip(saved) == strip(now)
 
 
 def json_config(config: Any) -> dict:
