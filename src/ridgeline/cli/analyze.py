@@ -23,6 +23,9 @@ _PREDICTION_OPTIONS = (
     ("attention", str, ATTENTION), ("act_traffic", str, TRAFFIC), ("logits", str, LOGITS),
     ("mla_cache", str, MLA_CACHE), ("mla_decode", str, MLA_DECODE), ("causal", bool, CAUSAL),
     ("device_file", Optional[Path], DEVICE_FILE),
+    ("compress", Optional[float], typer.Option(None, "--compress", help="prompt compression rate R > 1: the model prefills round(P/R) tokens and caches them (see ridgeline compress)")),
+    ("compressor", Optional[str], typer.Option(None, "--compressor", help="with --compress, add the compressor's own cost to the prefill: self (the model over the full prompt, self-information), self:K (its first K layers + a keep/drop head: the learned scorer), MODEL or MODEL:K")),
+    ("compressor_flops", Optional[float], typer.Option(None, "--compressor-flops", help="with --compress, the compressor's cost as FLOPs per prompt token")),
 )
 
 
@@ -65,14 +68,30 @@ def analyze(
 
     pred = predict(model, device, **predict_kwargs)
     record = finite(prediction_json(pred, per_operator))
+    if pred.workload.scenario.compress != 1:
+        from ridgeline.roofline import compression_summary
+
+        record["compression"] = finite(compression_summary(pred))
     write_record(out, record)
     if as_json:
         print(dumps(record))
         return
     console.print(summary_table(pred))
     console.print(memory_table(pred))
+    if "compression" in record:
+        say(_compression_line(record["compression"]))
     for phase in ("prefill", "decode") if per_operator else ():
         console.print(operator_table(pred, phase))
+
+
+def _compression_line(c: dict) -> str:
+    """One line: the compressed prompt, the compressor's cost, TTFT and KV against the uncompressed prompt."""
+    comp = (f"; compressor {c['compressor'] or 'flops'}: {c['compressor_flops'] / 1e9:.3g} GFLOP, "
+            f"{c['compressor_time_s'] * 1e3:.3g} ms" if c["compressor_flops"] else "; compressor cost not counted")
+    return (f"prompt compressed x{c['rate']:g}: {c['prompt_tokens']} -> {c['prefill_tokens']} tokens prefilled{comp}; "
+            f"TTFT {c['ttft_uncompressed_s'] * 1e3:.3g} -> {c['ttft_s'] * 1e3:.3g} ms (x{c['ttft_speedup']:.2f}); "
+            f"KV at the end {c['kv_bytes_uncompressed'] / 1e6:.3g} -> {c['kv_bytes'] / 1e6:.3g} MB "
+            f"(-{c['kv_saved_fraction']:.0%})")
 
 
 @app.command()

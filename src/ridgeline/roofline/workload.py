@@ -11,12 +11,19 @@ KV traffic follows the KV format (`get_kv_format`), exact for formats that mix p
 tokens); it writes each new token once in the format of its position, plus the older tokens re-quantized
 as they leave the high-precision part (a completed chunk of KIVI keys, a token ageing out of a recent
 window). Writes follow the token stream (absolute positions); memory and reads the tokens a layer holds.
+
+Prompt compression (`Scenario.compress` = r): the model prefills round(P / r) tokens and decodes on that
+cache. A `Compressor` adds its own cost to the prefill phase as operators named `compressor:<op>` (group
+`compressor ...`): a model over the full P prompt tokens, either whole with its LM head at every position
+(self-information, Selective Context / LLMLingua scoring) or cut to its first K layers plus a keep/drop head
+of 2h x head_hidden x 1 (a learned scorer, ridgeline.compress), or an opaque number of FLOPs per prompt token.
 """
+
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -145,6 +152,30 @@ class Phase:
         return sum(op.count * np.broadcast_to(op.step_bytes(), (self.steps,)) for op in self.ops)
 
 
+@dataclass(frozen=True)
+class Compressor:
+    """What compressing the prompt costs before the prefill: a model run over the full prompt, or FLOPs per token.
+
+    `model` with `layers` None: the whole model and its LM head at every position (self-information);
+    with `layers` K: its first K layers, final norm and a keep/drop head (2h -> head_hidden -> 1), no LM head.
+    `flops_per_token` alone: an opaque compute cost per prompt token, no bytes.
+    """
+
+    name: str
+    model: ModelSpec | None = None
+    layers: int | None = None
+    head_hidden: int = 256
+    flops_per_token: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.model is None) == (self.flops_per_token is None):
+            raise RidgelineError("a compressor is a model (optionally cut to K layers) or FLOPs per token, not both")
+        if self.flops_per_token is not None and not (self.flops_per_token >= 0 and np.isfinite(self.flops_per_token)):
+            raise RidgelineError(f"compressor FLOPs per token must be a finite number >= 0, got {self.flops_per_token}")
+        if self.layers is not None and self.layers < 1:
+            raise RidgelineError(f"compressor layers must be >= 1, got {self.layers}")
+
+
 @dataclass
 class Workload:
     """What one scenario asks of the hardware, independent of any device."""
@@ -160,6 +191,7 @@ class Workload:
     activation_bytes: float  # peak transient activations (prefill estimate)
     kv_bytes_per_token: float  # one sequence, all layers, one more token in the bulk format (no window clipping)
     tensor_formats: dict[str, str] = field(default_factory=dict)
+    compressor: Compressor | None = None  # its operators are in the prefill phase (group "compressor ...")
 
     @property
     def phases(self) -> tuple[Phase, Phase]:
@@ -222,8 +254,8 @@ def _ggml_or_float(name: str) -> NumberFormat:
 
 
 def build_workload(model: ModelSpec, scenario: Scenario, precision: Precision | None = None,
-                   options: Options | None = None) -> Workload:
-    """Count every operator of the scenario's prefill and decode phases."""
+                   options: Options | None = None, compressor: Compressor | None = None) -> Workload:
+    """Count every operator of the scenario's prefill and decode phases (and of a prompt compressor)."""
     precision = precision or Precision()
     options = options or Options()
     fmts = tensor_formats(model, precision)
@@ -232,7 +264,7 @@ def build_workload(model: ModelSpec, scenario: Scenario, precision: Precision | 
     tbytes: dict[int | None, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for t in model.tensors():
         tbytes[t.layer][t.role] += fmts[t.name][1]
-    b, P, N = scenario.batch, scenario.prompt, scenario.generate
+    b, P, N = scenario.batch, scenario.prefill_tokens, scenario.generate
     ctx = _Ctx(model, options, kv_fmt, a, b)
     for layer in {l.attention for l in model.layers}:
         for d in _kv_row_lengths(layer):
@@ -248,12 +280,47 @@ def build_workload(model: ModelSpec, scenario: Scenario, precision: Precision | 
             for label, idx, layer in groups:
                 ops += ctx.layer_ops(layer, s, contexts, tbytes[idx[0]], label, len(idx), name)
         phases.append(Phase(name, steps, b * s, contexts, ops))
+    activation = _activation_peak(model, scenario, options, a)
+    if compressor is not None:
+        if scenario.compress == 1:
+            raise RidgelineError("a compressor needs a compression rate > 1 in the scenario")
+        extra, peak = compressor_ops(compressor, scenario, precision, options)
+        phases[0].ops += extra
+        activation = max(activation, peak)
     kv_tok = sum(ctx.kv_elem_bytes(l) for l in model.layers)
     kv_total = b * _held_kv_bytes(model, kv_fmt, P + N, options)
     weights_total = float(sum(v[1] for v in fmts.values()))
     return Workload(model, scenario, precision, options, phases[0], phases[1], weights_total, float(kv_total),
-                    _activation_peak(model, scenario, options, a), float(kv_tok),
-                    {k: v[0].name for k, v in fmts.items()})
+                    activation, float(kv_tok), {k: v[0].name for k, v in fmts.items()}, compressor)
+
+
+def compressor_ops(comp: Compressor, scenario: Scenario, precision: Precision,
+                   options: Options) -> tuple[list[Operator], float]:
+    """The compressor's operators over the full prompt (to join the prefill phase) and its activation peak."""
+    b, P = scenario.batch, scenario.prompt
+    if comp.model is None:
+        flops = np.atleast_1d(float(comp.flops_per_token) * b * P)
+        zero = np.zeros(1)
+        return [Operator("compressor:flops", "gemm", "compressor", 1, flops,
+                         {"weights": zero, "activations": zero, "kv_read": zero, "kv_write": zero})], 0.0
+    spec = comp.model if comp.layers is None else comp.model.with_layers(comp.layers)
+    prec = precision
+    if prec.weights == "stored" and spec.gguf_tensors is None:  # a stored-format target, a float compressor
+        prec = Precision(weights=prec.acts if get_format(prec.acts).family == "float" else "bf16", acts=prec.acts,
+                         kv=prec.kv, compute=prec.compute)
+    opts = replace(options, logits="all" if comp.layers is None else "last")
+    inner = build_workload(spec, Scenario(P, 0, b), prec, opts)
+    ops = [op for op in inner.prefill.ops if comp.layers is None or op.name != "lm_head"]
+    out = [Operator(f"compressor:{op.name}", op.kind, f"compressor {op.group}", op.count, op.flops, op.bytes)
+           for op in ops]
+    if comp.layers is not None:  # the keep/drop head: [h_t, h_t+1] -> head_hidden -> 1, fp32 weights
+        h, k = spec.hidden, comp.head_hidden
+        macs = 2 * h * k + k if k else 2 * h
+        a = get_format(prec.acts).bits / 8.0
+        out.append(Operator("compressor:scorer_head", "gemm", "compressor", 1, np.atleast_1d(2.0 * b * P * macs),
+                            {"weights": np.atleast_1d(4.0 * macs), "activations": np.atleast_1d(b * P * (2 * h + 1) * a),
+                             "kv_read": np.zeros(1), "kv_write": np.zeros(1)}))
+    return out, inner.activation_bytes
 
 
 def _kv_row_lengths(att) -> tuple[int, ...]:
@@ -286,7 +353,8 @@ def _ranges(idx: list[int]) -> str:
 
 def _activation_peak(model: ModelSpec, sc: Scenario, opt: Options, a: float) -> float:
     """Largest live activation set in prefill: residual + the widest intermediate + logits (an estimate)."""
-    T = sc.batch * sc.prompt
+    P = sc.prefill_tokens
+    T = sc.batch * P
     widest, scores = 0, 0.0
     for l in model.layers:
         att = l.attention
@@ -294,8 +362,8 @@ def _activation_peak(model: ModelSpec, sc: Scenario, opt: Options, a: float) -> 
         ffn = 3 * (l.ffn.intermediate if l.ffn else l.moe.top_k * l.moe.expert_intermediate)
         widest = max(widest, qkv, ffn)
         if opt.attention == "unfused":  # one layer's score matrix is live at a time
-            scores = max(scores, sc.batch * att.n_heads * sc.prompt * min(sc.prompt, att.window or sc.prompt) * a)
-    logits_rows = sc.batch * (sc.prompt if opt.logits == "all" else 1)
+            scores = max(scores, sc.batch * att.n_heads * P * min(P, att.window or P) * a)
+    logits_rows = sc.batch * (P if opt.logits == "all" else 1)
     return a * T * (2 * model.hidden + widest) + scores + 4.0 * logits_rows * model.vocab
 
 

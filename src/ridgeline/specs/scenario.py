@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -13,18 +14,31 @@ GRID = {"SISO": (128, 128), "LISO": (4096, 128), "SILO": (128, 4096), "LILO": (4
 
 @dataclass(frozen=True)
 class Scenario:
-    """Prefill of `prompt` tokens, then `generate` decode steps on the same cache, for `batch` sequences."""
+    """Prefill of `prompt` tokens, then `generate` decode steps on the same cache, for `batch` sequences.
+
+    With `compress` = r > 1 the prompt is compressed before the prefill: the model prefills and caches
+    round(prompt / r) tokens (at least 1, as `ridgeline.compress` keeps them); 1 means no compression.
+    """
 
     prompt: int
     generate: int
     batch: int = 1
     name: str = ""
+    compress: float = 1.0
 
     def __post_init__(self) -> None:
         if self.prompt < 1 or self.generate < 0 or self.batch < 1:
             raise RidgelineError(
                 f"scenario needs prompt >= 1, generated >= 0 and batch >= 1; got "
                 f"{self.prompt}:{self.generate} batch {self.batch}")
+        c = self.compress
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 1:
+            raise RidgelineError(f"compression rate must be a number >= 1 (1: none, 2: half the prompt), got {c!r}")
+
+    @property
+    def prefill_tokens(self) -> int:
+        """Prompt tokens the model prefills: the prompt after compression."""
+        return max(1, round(self.prompt / self.compress)) if self.compress != 1 else self.prompt
 
     @property
     def label(self) -> str:
@@ -34,11 +48,14 @@ class Scenario:
     @property
     def final_context(self) -> int:
         """Tokens in the cache after the last step."""
-        return self.prompt + self.generate
+        return self.prefill_tokens + self.generate
 
     def to_json(self) -> dict:
-        """JSON form used in records."""
-        return {"name": self.label, "prompt": self.prompt, "generate": self.generate, "batch": self.batch}
+        """JSON form used in records (`compress` and `prefill_tokens` only when the prompt is compressed)."""
+        out = {"name": self.label, "prompt": self.prompt, "generate": self.generate, "batch": self.batch}
+        if self.compress != 1:
+            out.update(compress=self.compress, prefill_tokens=self.prefill_tokens)
+        return out
 
 
 def parse_scenario(text: str, batch: int = 1) -> Scenario:
