@@ -9,11 +9,11 @@ p.decode.tokens_per_s, p.decode.bound, p.ttft_s
 """
 
 from ridgeline.roofline.evaluate import OpResult, PhaseResult, Prediction, evaluate, prediction_json
-from ridgeline.roofline.predict import default_kv, default_precision, predict, variant_spec
+from ridgeline.roofline.predict import default_kv, default_precision, predict, speculative_speedup, variant_spec
 from ridgeline.roofline.sweep import COLUMNS, SweepAxes, check_plot_axes, rows_to_csv, run_sweep, varying_columns
 from ridgeline.roofline.workload import KINDS, Operator, Options, Phase, Workload, build_workload, layer_kv_bytes
 
 __all__ = ["COLUMNS", "KINDS", "OpResult", "Operator", "Options", "Phase", "PhaseResult", "Prediction",
            "SweepAxes", "Workload", "build_workload", "check_plot_axes", "default_kv", "default_precision", "evaluate",
-           "layer_kv_bytes", "predict", "prediction_json", "rows_to_csv", "run_sweep", "variant_spec",
+           "layer_kv_bytes", "predict", "prediction_json", "rows_to_csv", "run_sweep", "speculative_speedup", "variant_spec",
            "varying_columns"]

@@ -8,18 +8,21 @@ plot` and a Python user get the same numbers from the same defaults:
   ridgeline-quantized folder), else bf16;
 * the KV cache defaults to the activation format when that is a float format, else bf16;
 * `layers` keeps the first N blocks (repeating them past the model's depth), `window` gives every
-  attention layer a sliding window of W keys, `kv_heads` sets every layer's K/V heads (GQA conversion).
+  attention layer a sliding window of W keys, `kv_heads` sets every layer's K/V heads (GQA conversion);
+* `speculation` makes the decode speculative (tokens verified and accepted per step, Medusa heads);
+  `speculative_speedup` compares it with plain decoding on the same device.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from ridgeline.errors import RidgelineError
 from ridgeline.roofline.evaluate import Prediction, evaluate
 from ridgeline.roofline.workload import Options, build_workload
-from ridgeline.specs import (DeviceSpec, ModelSpec, Precision, Scenario, get_device, get_format, load_spec,
+from ridgeline.specs import (DeviceSpec, ModelSpec, Precision, Scenario, Speculation, get_device, get_format, load_spec,
                              parse_scenario)
 
 
@@ -61,16 +64,29 @@ def predict(model: str | ModelSpec, device: str | DeviceSpec, scenario: str | Sc
             batch: int = 1, precision: Precision | None = None, weights: str | None = None, acts: str = "bf16",
             kv: str | None = None, compute: str | None = None, options: Options | None = None,
             layers: int | None = None, window: int | None = None, kv_heads: int | None = None,
-            device_files: Sequence[str | Path] = ()) -> Prediction:
+            device_files: Sequence[str | Path] = (), speculation: Speculation | None = None) -> Prediction:
     """Predict prefill and decode of `model` on `device` for `scenario`: every operator's FLOPs, bytes and time.
 
     `model` is a config.json, model folder, .gguf file, catalogue id or a ModelSpec; `device` a catalogue id,
     'local', a device file or a DeviceSpec; `scenario` SISO/LISO/SILO/LILO, 'P:N' or a Scenario (`batch`
     applies to a string). Give `precision`, or the formats one by one (`weights`, `acts`, `kv`, `compute`).
+    A `speculation` makes the decode speculative (k tokens verified, a accepted per step).
     """
     spec = load_spec(model) if isinstance(model, str) else model
     spec = variant_spec(spec, layers, window, kv_heads)
     dev = get_device(device, tuple(device_files)) if isinstance(device, str) else device
     sc = parse_scenario(scenario, batch) if isinstance(scenario, str) else scenario
+    if speculation is not None:
+        sc = replace(sc, speculation=speculation)
     prec = precision or default_precision(spec, weights, acts, kv, compute)
     return evaluate(build_workload(spec, sc, prec, options), dev)
+
+
+def speculative_speedup(speculative: Prediction) -> tuple[Prediction, float]:
+    """(the plain-decoding prediction of the same workload on the same device, plain / speculative decode time)."""
+    w = speculative.workload
+    if w.scenario.speculation is None:
+        raise RidgelineError("speculative_speedup needs a prediction made with a speculation")
+    plain = evaluate(build_workload(w.model, replace(w.scenario, speculation=None), w.precision, w.options),
+                     speculative.device)
+    return plain, (plain.decode.time_s / speculative.decode.time_s if speculative.decode.time_s else 0.0)

@@ -11,6 +11,14 @@ KV traffic follows the KV format (`get_kv_format`), exact for formats that mix p
 tokens); it writes each new token once in the format of its position, plus the older tokens re-quantized
 as they leave the high-precision part (a completed chunk of KIVI keys, a token ageing out of a recent
 window). Writes follow the token stream (absolute positions); memory and reads the tokens a layer holds.
+
+Speculative decoding (`Scenario.speculation`, see `ridgeline.specs.scenario`): the decode phase has
+ceil(N / accepted) steps, each a forward over `tokens` new tokens (the tree or chain verified at once) with the
+lm_head on every one of them; step j starts from P + floor(accepted * j) cached tokens. The verified tokens are
+counted as a causal chunk (a tree token attends only its ancestors: the chunk's within-step keys are an upper
+bound, a small term). Medusa heads add K ResBlocks and K rows through their projection per step
+(`draft_heads`, `draft_lm_head`: the shared lm_head is streamed a second time, as the heads run after the
+acceptance). The phase's `tokens` are the N generated tokens, not steps × tokens verified.
 """
 
 from __future__ import annotations
@@ -100,6 +108,7 @@ class Phase:
     tokens_per_step: int
     contexts: np.ndarray  # tokens already cached, per step
     ops: list[Operator]
+    tokens: int | None = None  # tokens the phase yields, when not steps × tokens_per_step (speculative decode)
 
     @property
     def flops(self) -> float:
@@ -217,15 +226,23 @@ def build_workload(model: ModelSpec, scenario: Scenario, precision: Precision | 
             kv_fmt.check_row(d, f"KV cache ({precision.kv})")
 
     groups = _group_layers(model, tbytes)
+    spec = scenario.speculation
+    if spec is None:
+        decode = (1, P + np.arange(max(N, 0)))
+    else:
+        decode = (spec.tokens, P + np.floor(spec.accepted * np.arange(spec.steps(N)) + 1e-9).astype(np.int64))
     phases = []
-    for name, s, contexts in (("prefill", P, np.array([0])), ("decode", 1, P + np.arange(max(N, 0)))):
+    for name, s, contexts in (("prefill", P, np.array([0])), ("decode", *decode)):
         steps = len(contexts)
+        speculative = name == "decode" and spec is not None
         ops: list[Operator] = []
         if steps:
-            ops += ctx.model_ops(s, tbytes[None], fmts, name)
+            ops += ctx.model_ops(s, tbytes[None], fmts, name, every_logit=speculative)
+            if speculative and spec.heads:
+                ops += ctx.draft_head_ops(spec, tbytes[None])
             for label, idx, layer in groups:
                 ops += ctx.layer_ops(layer, s, contexts, tbytes[idx[0]], label, len(idx), name)
-        phases.append(Phase(name, steps, b * s, contexts, ops))
+        phases.append(Phase(name, steps, b * s, contexts, ops, b * N if speculative else None))
     kv_tok = sum(ctx.kv_elem_bytes(l) for l in model.layers)
     kv_total = b * _held_kv_bytes(model, kv_fmt, P + N, options)
     weights_total = float(sum(v[1] for v in fmts.values()))
@@ -309,11 +326,11 @@ class _Ctx:
 
     # -- model-level operators -------------------------------------------------------------------
 
-    def model_ops(self, s: int, tb: dict[str, float], fmts, phase: str) -> list[Operator]:
+    def model_ops(self, s: int, tb: dict[str, float], fmts, phase: str, every_logit: bool = False) -> list[Operator]:
         m, a, b = self.m, self.a, self.b
         T, h, V = b * s, m.hidden, m.vocab
         embd_bytes_per_row = tb["token_embd"] / V
-        s_out = b * (1 if self.opt.logits == "last" else s)
+        s_out = b * (1 if self.opt.logits == "last" and not every_logit else s)
         head = tb["token_embd"] if m.tied else tb["output"]
         return [
             # a lookup: only the rows of the tokens in this step are read
@@ -323,6 +340,15 @@ class _Ctx:
             self.op("lm_head", "gemm", "model", 1, 2.0 * s_out * h * V, weights=head,
                     acts=s_out * (h + V) * a),
         ]
+
+    def draft_head_ops(self, spec, tb: dict[str, float]) -> list[Operator]:
+        """Medusa heads per speculative step: K ResBlocks (d x d and a bias each) on one hidden state, then K rows
+        through the shared lm_head (streamed again) or through K untied projections (in the activation format)."""
+        m, a, K = self.m, self.a, spec.heads
+        h, V = m.hidden, m.vocab
+        head = K * V * h * a if spec.untied else (tb["token_embd"] if m.tied else tb["output"])
+        return [self._gemm("draft_heads", "model", 1, K, h, h, K * (h * h + h) * a, bias=True),
+                self._gemm("draft_lm_head", "model", 1, K, h, V, head)]
 
     # -- one layer ---------------------------------------------------------------------------------
 

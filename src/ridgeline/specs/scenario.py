@@ -1,7 +1,17 @@
-"""Scenarios (prompt, generated tokens, batch) and precisions (weights, activations, KV cache)."""
+"""Scenarios (prompt, generated tokens, batch, optionally speculative decode steps) and precisions (weights,
+activations, KV cache).
+
+A `Speculation` makes the decode phase speculative: every step verifies `tokens` tokens in one forward (the
+base's own next token plus the drafts) and keeps `accepted` of them on average (the base's own token counted, so
+1 <= accepted <= tokens; plain decoding is tokens = accepted = 1), so N generated tokens take ceil(N / accepted)
+steps. `heads` Medusa heads draft from the last hidden state each step (K ResBlocks, and K rows through the
+vocabulary projection: the shared lm_head streamed once more per step, or K untied projections). Other drafters
+(prompt lookup: free; a draft model: its own forwards) are not counted.
+"""
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -12,19 +22,51 @@ GRID = {"SISO": (128, 128), "LISO": (4096, 128), "SILO": (128, 4096), "LILO": (4
 
 
 @dataclass(frozen=True)
+class Speculation:
+    """Speculative decode steps: `tokens` verified and `accepted` kept per step (see the module docstring)."""
+
+    tokens: int
+    accepted: float
+    heads: int = 0
+    untied: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tokens, bool) or not isinstance(self.tokens, int) or self.tokens < 1:
+            raise RidgelineError(f"speculative tokens verified per step must be an integer >= 1, got {self.tokens!r}")
+        a = self.accepted
+        if not (isinstance(a, (int, float)) and math.isfinite(a) and 1 <= a <= self.tokens):
+            raise RidgelineError(f"speculative tokens accepted per step must be between 1 and the {self.tokens} "
+                                 f"verified, got {a!r}")
+        if isinstance(self.heads, bool) or not isinstance(self.heads, int) or self.heads < 0:
+            raise RidgelineError(f"Medusa heads must be an integer >= 0, got {self.heads!r}")
+
+    def steps(self, generate: int) -> int:
+        """Verify steps that yield `generate` tokens: ceil(generate / accepted)."""
+        return math.ceil(generate / self.accepted - 1e-9) if generate else 0
+
+    def to_json(self) -> dict:
+        """JSON form used in records."""
+        return {"tokens": self.tokens, "accepted": self.accepted, "heads": self.heads, "untied": self.untied}
+
+
+@dataclass(frozen=True)
 class Scenario:
-    """Prefill of `prompt` tokens, then `generate` decode steps on the same cache, for `batch` sequences."""
+    """Prefill of `prompt` tokens, then `generate` decode steps on the same cache, for `batch` sequences
+    (speculative steps with a `speculation`)."""
 
     prompt: int
     generate: int
     batch: int = 1
     name: str = ""
+    speculation: Speculation | None = None
 
     def __post_init__(self) -> None:
         if self.prompt < 1 or self.generate < 0 or self.batch < 1:
             raise RidgelineError(
                 f"scenario needs prompt >= 1, generated >= 0 and batch >= 1; got "
                 f"{self.prompt}:{self.generate} batch {self.batch}")
+        if self.speculation is not None and self.batch != 1:
+            raise RidgelineError("speculative decoding is modelled at batch 1")
 
     @property
     def label(self) -> str:
@@ -37,8 +79,11 @@ class Scenario:
         return self.prompt + self.generate
 
     def to_json(self) -> dict:
-        """JSON form used in records."""
-        return {"name": self.label, "prompt": self.prompt, "generate": self.generate, "batch": self.batch}
+        """JSON form used in records (with `speculation` only when set)."""
+        out = {"name": self.label, "prompt": self.prompt, "generate": self.generate, "batch": self.batch}
+        if self.speculation is not None:
+            out["speculation"] = self.speculation.to_json()
+        return out
 
 
 def parse_scenario(text: str, batch: int = 1) -> Scenario:
