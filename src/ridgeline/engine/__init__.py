@@ -18,6 +18,7 @@ __all__ = ["Acceptance", "AllocStatus", "BlockManager", "Completion", "CostCurve
            "Engine", "EngineConfig", "HFVerifier", "MedusaDrafter", "PromptLookupDrafter", "RequestOutput",
            "SamplingParams", "ServeResult", "ServeRun", "SpecDecoder", "TraceRequest", "Tree", "TreeChoice", "Verifier",
            "choose_tree", "decode_points", "draft_model", "expected_tokens", "first_layers", "greedy_path", "grow_tree",
-           "load_trace", "measure_cost_curve", "medusa_decoder", "medusa_tree", "parse_tree", "place_decode_points", "prompt_tokens",
+           "load_trace", "measure_cost_curve", "medusa_decoder", "medusa_tree", "parse_tree", "place_decode_points",
+           "prompt_tokens",
            "replay", "sample_typical", "serve_record", "serve_trace", "spec_runner", "summarize", "synthetic_trace",
            "typical_path", "typical_probs"]

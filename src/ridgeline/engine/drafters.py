@@ -59,7 +59,8 @@ class PromptLookupDrafter:
 
     def __init__(self, num_tokens: int = 10, max_ngram: int = 2, eos: Sequence[int] = ()) -> None:
         if num_tokens < 1 or max_ngram < 1:
-            raise RidgelineError(f"prompt lookup needs num_tokens >= 1 and max_ngram >= 1, got {num_tokens}, {max_ngram}")
+            raise RidgelineError(f"prompt lookup needs num_tokens >= 1 and max_ngram >= 1, got {num_tokens}, "
+                                 f"{max_ngram}")
         self.num_tokens, self.max_ngram, self.eos = num_tokens, max_ngram, set(eos)
 
     def start(self, prompt: Sequence[int]) -> None:

@@ -131,7 +131,8 @@ def medusa_decoder(verifier: Any, heads: Any, manifest: dict, prefix: Sequence[i
     accuracies in `manifest` and the cost curve measured on `verifier` now."""
     acc = (manifest.get("accuracy") or {}).get("rank")
     info: dict[str, Any] = {"drafter": "medusa", "heads_available": heads.num_heads, "untied": not heads.tied,
-                            "heads_trained_for": manifest.get("base", {}).get("name")}
+                            "heads_trained_for": manifest.get("base", {}).get("name"),
+                            "draft_vocab": None if heads.draft_vocab is None else int(heads.draft_vocab.numel())}
     if isinstance(tree, str) and tree.startswith("auto"):
         if not acc:
             raise RidgelineError("these heads carry no rank accuracies to choose a tree from; pass --tree PATHS")
@@ -157,7 +158,7 @@ def _impl(verifier: Any) -> str:
 
 
 def draft_model(model: Any, arg: str | int, dtype: Any = None) -> Any:
-    """The draft: the first N layers of `model` (an integer), or another model (a reference) with the same vocabulary."""
+    """The draft: `model`'s first N layers (an integer), or another model (a reference) with the same vocabulary."""
     if isinstance(arg, int) or str(arg).isdigit():
         return first_layers(model, int(arg))
     from ridgeline.loader import load_model
@@ -193,7 +194,8 @@ def spec_runner(setting: Any, loaded: Any) -> SpecDecoder:
 
         heads, manifest = load_heads(setting.arg, loaded.model)
         # the curve is measured after a real prefix that leaves room for the largest verify and the decode steps
-        prefix = prompt_ids(loaded.encode, max(8, min(256, loaded.max_len - MAX_VERIFY - 16)))
+        cap = int(setting.tree.partition(":")[2] or MAX_VERIFY) if setting.tree.startswith("auto") else 0
+        prefix = prompt_ids(loaded.encode, max(8, min(256, loaded.max_len - cap - 16)))
         return medusa_decoder(verifier, heads, manifest, prefix, setting.tree, acceptance)
     if setting.kind == "prompt-lookup":
         n = int(setting.arg or 10)

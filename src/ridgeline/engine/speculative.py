@@ -66,7 +66,7 @@ class Verifier(Protocol):
 
     def verify(self, tokens: torch.Tensor, positions: torch.Tensor,
                visibility: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """M tokens after the cache with their rope positions and [M, M] visibility -> (logits [M, V], hidden [M, d])."""
+        """M tokens after the cache, their rope positions, [M, M] visibility -> (logits [M, V], hidden [M, d])."""
         ...
 
     def keep(self, indices: torch.Tensor) -> None:
@@ -240,7 +240,8 @@ class SpecDecoder:
         t0 = time.perf_counter()
         tree, drafts = self.drafter.propose(self.context) if limit > 1 else (Tree(()), [])
         if len(drafts) != tree.size - 1:
-            raise RidgelineError(f"drafter {self.drafter.name} gave {len(drafts)} tokens for a {tree.size - 1}-node tree")
+            raise RidgelineError(f"drafter {self.drafter.name} gave {len(drafts)} tokens for a "
+                                 f"{tree.size - 1}-node tree")
         tokens = [self.context[-1]] + [int(t) for t in drafts]
         t1 = time.perf_counter()
         v = self.verifier

@@ -5,8 +5,8 @@ records into the rows every table, CSV and plot reads (`record.py` defines both)
 """
 
 from ridgeline.measure.backends import llama_cpp_available
-from ridgeline.measure.bench import (SPEC_KINDS, BenchConfig, BenchRecord, SpecSetting, load_runner, prompt_ids, run_bench,
-                                    timed_spec_run)
+from ridgeline.measure.bench import (SPEC_KINDS, BenchConfig, BenchRecord, SpecSetting, load_runner, prompt_ids,
+                                    run_bench, timed_spec_run)
 from ridgeline.measure.grid import BenchGrid, Roofs, place_record, resolve_roofs, run_grid
 from ridgeline.measure.lean import LeanCausalLM
 from ridgeline.measure.phi import place

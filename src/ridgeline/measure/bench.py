@@ -56,6 +56,10 @@ class SpecSetting:
             raise RidgelineError(f"--spec prompt-lookup:N takes N >= 1 tokens per lookup, got {self.arg!r}")
         if self.tree != "auto" and self.kind != "medusa":
             raise RidgelineError("--tree applies to medusa runs (prompt lookup and draft models verify a chain)")
+        cap = self.tree.partition(":")[2]
+        if self.tree.startswith("auto") and self.tree != "auto" and not (self.tree[4:5] == ":" and cap.isdigit()
+                                                                         and 2 <= int(cap) <= SPEC_ROOM):
+            raise RidgelineError(f"--tree {self.tree!r}: auto:M takes M from 2 to {SPEC_ROOM} verified tokens")
         self.acceptance()
 
     @classmethod

@@ -17,7 +17,8 @@ from typing import Callable, Sequence
 
 from ridgeline.arch import Variant
 from ridgeline.errors import RidgelineError
-from ridgeline.measure.bench import BenchConfig, SpecFactory, SpecSetting, check_memory, load_runner, model_spec, run_bench
+from ridgeline.measure.bench import (BenchConfig, SpecFactory, SpecSetting, check_memory, load_runner, model_spec,
+                                    run_bench)
 from ridgeline.measure.phi import place
 from ridgeline.measure.probe import roof_for_threads, torch_threads
 from ridgeline.measure.record import result_json

@@ -138,7 +138,7 @@ def record_speculation(record: BenchRecord) -> Speculation | None:
     tokens = max(1, round(record.verified_per_step))
     info = record.speculative or {}
     return Speculation(tokens, min(float(tokens), sum(steps) / len(steps)), int(info.get("heads", 0)),
-                       bool(info.get("untied", False)))
+                       bool(info.get("untied", False)), int(info.get("draft_vocab") or 0))
 
 
 def record_workload(record: BenchRecord, options: Options | None = None, plain: bool = False) -> Workload:

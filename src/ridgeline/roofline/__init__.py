@@ -15,5 +15,5 @@ from ridgeline.roofline.workload import KINDS, Operator, Options, Phase, Workloa
 
 __all__ = ["COLUMNS", "KINDS", "OpResult", "Operator", "Options", "Phase", "PhaseResult", "Prediction",
            "SweepAxes", "Workload", "build_workload", "check_plot_axes", "default_kv", "default_precision", "evaluate",
-           "layer_kv_bytes", "predict", "prediction_json", "rows_to_csv", "run_sweep", "speculative_speedup", "variant_spec",
-           "varying_columns"]
+           "layer_kv_bytes", "predict", "prediction_json", "rows_to_csv", "run_sweep", "speculative_speedup",
+           "variant_spec", "varying_columns"]

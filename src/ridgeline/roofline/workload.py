@@ -17,8 +17,8 @@ ceil(N / accepted) steps, each a forward over `tokens` new tokens (the tree or c
 lm_head on every one of them; step j starts from P + floor(accepted * j) cached tokens. The verified tokens are
 counted as a causal chunk (a tree token attends only its ancestors: the chunk's within-step keys are an upper
 bound, a small term). Medusa heads add K ResBlocks and K rows through their projection per step
-(`draft_heads`, `draft_lm_head`: the shared lm_head is streamed a second time, as the heads run after the
-acceptance). The phase's `tokens` are the N generated tokens, not steps × tokens verified.
+(`draft_heads`, `draft_lm_head`: the shared lm_head — or its draft-vocabulary rows — is streamed a second time,
+as the heads run after the acceptance). The phase's `tokens` are the N generated tokens, not steps × tokens verified.
 """
 
 from __future__ import annotations
@@ -346,9 +346,10 @@ class _Ctx:
         through the shared lm_head (streamed again) or through K untied projections (in the activation format)."""
         m, a, K = self.m, self.a, spec.heads
         h, V = m.hidden, m.vocab
-        head = K * V * h * a if spec.untied else (tb["token_embd"] if m.tied else tb["output"])
+        rows = min(spec.draft_vocab or V, V)  # a restricted draft vocabulary streams only its rows
+        head = K * rows * h * a if spec.untied else (tb["token_embd"] if m.tied else tb["output"]) * rows / V
         return [self._gemm("draft_heads", "model", 1, K, h, h, K * (h * h + h) * a, bias=True),
-                self._gemm("draft_lm_head", "model", 1, K, h, V, head)]
+                self._gemm("draft_lm_head", "model", 1, K, h, rows, head)]
 
     # -- one layer ---------------------------------------------------------------------------------
 

@@ -5,8 +5,9 @@ A `Speculation` makes the decode phase speculative: every step verifies `tokens`
 base's own next token plus the drafts) and keeps `accepted` of them on average (the base's own token counted, so
 1 <= accepted <= tokens; plain decoding is tokens = accepted = 1), so N generated tokens take ceil(N / accepted)
 steps. `heads` Medusa heads draft from the last hidden state each step (K ResBlocks, and K rows through the
-vocabulary projection: the shared lm_head streamed once more per step, or K untied projections). Other drafters
-(prompt lookup: free; a draft model: its own forwards) are not counted.
+vocabulary projection: the shared lm_head streamed once more per step, or K untied projections — only its
+`draft_vocab` rows when the heads draft from a restricted vocabulary). Other drafters (prompt lookup: free; a draft
+model: its own forwards) are not counted.
 """
 
 from __future__ import annotations
@@ -29,8 +30,12 @@ class Speculation:
     accepted: float
     heads: int = 0
     untied: bool = False
+    draft_vocab: int = 0  # rows of the heads' projection streamed per step (0: the model's whole vocabulary)
 
     def __post_init__(self) -> None:
+        if isinstance(self.draft_vocab, bool) or not isinstance(self.draft_vocab, int) or self.draft_vocab < 0:
+            raise RidgelineError(f"draft vocabulary must be an integer >= 0 (0: the whole vocabulary), "
+                                 f"got {self.draft_vocab!r}")
         if isinstance(self.tokens, bool) or not isinstance(self.tokens, int) or self.tokens < 1:
             raise RidgelineError(f"speculative tokens verified per step must be an integer >= 1, got {self.tokens!r}")
         a = self.accepted
@@ -46,7 +51,8 @@ class Speculation:
 
     def to_json(self) -> dict:
         """JSON form used in records."""
-        return {"tokens": self.tokens, "accepted": self.accepted, "heads": self.heads, "untied": self.untied}
+        return {"tokens": self.tokens, "accepted": self.accepted, "heads": self.heads, "untied": self.untied,
+                "draft_vocab": self.draft_vocab}
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,13 @@ lm_head weight, shared by every head (default: K untied 576 x 49,152 heads would
 per-head copy that trains with the head (`tied=False`). A fresh head therefore predicts exactly what the base
 predicts for t+1: its logits are lm_head(h_t). Every head (and every ResBlock in it) is a separate module.
 
+Draft vocabulary (frequency-ranked drafting, as in FR-Spec): at inference a head only has to rank candidates, so
+its projection can be restricted to the tokens the base actually produces — the most frequent targets of the
+training data (`draft_vocab`, default up to 8192 ids; `restrict`). Each step then streams a [V', d] slice of the
+projection instead of the whole [V, d] lm_head (SmolLM2: 49,152 rows, 113 MB in fp32). Training is unaffected
+(full-vocabulary cross-entropy); a base token outside the slice is simply never drafted (the coverage is
+recorded). Verification always uses the base's full vocabulary, so greedy decoding stays lossless.
+
 Rank accuracy a[k][r]: the fraction of positions where head k's rank-r candidate (r = 0: its argmax) is the
 base's greedy token at t+1+k (the base's argmax at position t+k); top-n accuracy is the sum over r < n. The tree
 search (`ridgeline.engine.tree`) reads it.
@@ -17,7 +24,8 @@ lm_head) and `medusa.json`, the manifest: heads, layers, tied, the base it was t
 hidden size, vocabulary, layers and `weights_sha256`, a content hash of the base's weights), training settings,
 losses and rank accuracies. Loading checks the base (hidden size, vocabulary, hash) and refuses another one. The
 hash is sha256 over every parameter (name, shape, values rounded to bf16), so the same weights loaded in fp32 or
-bf16 hash alike; any other change of the weights (fine-tuning, quantization) changes it.
+bf16 hash alike; any other change of the weights (fine-tuning, quantization) changes it. The draft vocabulary is
+the `draft_vocab` tensor of the same file.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from ridgeline.io import atomic_folder
 
 MANIFEST = "medusa.json"
 WEIGHTS = "heads.safetensors"
+VOCAB_KEY = "draft_vocab"  # the draft vocabulary's token ids in WEIGHTS (not a parameter)
 KIND = "ridgeline.medusa"
 #: bounds on the head structure (more would never pay at batch 1 on a CPU)
 MAX_HEADS, MAX_LAYERS = 16, 8
@@ -75,6 +84,8 @@ class MedusaHeads(nn.Module):
                                     for _ in range(num_heads))
         self.projs = None if tied else nn.ModuleList(nn.Linear(hidden, vocab, bias=False) for _ in range(num_heads))
         self.lm_head: torch.Tensor | None = None  # the base's projection [vocab, hidden]; not a parameter of the heads
+        self.draft_vocab: torch.Tensor | None = None  # token ids heads draft from (None: the whole vocabulary)
+        self._draft_w: list[torch.Tensor] = []  # the projection rows of draft_vocab (one tensor, or one per head)
 
     @property
     def num_heads(self) -> int:
@@ -94,6 +105,32 @@ class MedusaHeads(nn.Module):
                     proj.weight.copy_(lm_head)
         return self
 
+    def restrict(self, vocab: torch.Tensor | None) -> MedusaHeads:
+        """Draft only from these token ids (None: the whole vocabulary); copies their projection rows once."""
+        if vocab is None:
+            self.draft_vocab, self._draft_w = None, []
+            return self
+        vocab = torch.as_tensor(vocab, dtype=torch.long).reshape(-1)
+        if vocab.numel() == 0 or int(vocab.min()) < 0 or int(vocab.max()) >= self.vocab_size:
+            raise RidgelineError(f"a draft vocabulary needs token ids in [0, {self.vocab_size})")
+        self.draft_vocab = vocab
+        with torch.no_grad():
+            if self.projs is None:
+                if self.lm_head is None:
+                    raise RidgelineError("attach the base's lm_head before restricting tied heads")
+                self._draft_w = [self.lm_head[vocab].contiguous()]
+            else:
+                self._draft_w = [p.weight.detach()[vocab].contiguous() for p in self.projs]
+        return self
+
+    def candidates(self, z: torch.Tensor, k: int, n: int) -> torch.Tensor:
+        """Head k's (0-based) n most likely token ids from its block output z [..., hidden] (within the draft
+        vocabulary when one is set)."""
+        if self.draft_vocab is None:
+            return self.project(z, k).topk(n, dim=-1).indices
+        w = self._draft_w[k if self.projs is not None else 0]
+        return self.draft_vocab[F.linear(z.to(w.dtype), w).topk(n, dim=-1).indices]
+
     def project(self, z: torch.Tensor, k: int) -> torch.Tensor:
         """Head k's (0-based) vocabulary logits of its block output z [..., hidden]."""
         if self.projs is not None:
@@ -112,17 +149,16 @@ class MedusaHeads(nn.Module):
         depth = self.num_heads if depth is None else depth
         h = hidden.reshape(1, -1).to(self.blocks[0][0].linear.weight.dtype)
         z = torch.cat([self.blocks[j](h) for j in range(depth)])  # [depth, hidden]
-        if self.projs is None:
-            logits = self.project(z.to(self.lm_head.dtype), 0)  # one [depth, hidden] x [hidden, vocab] product
-        else:
-            logits = torch.stack([self.projs[j](z[j]) for j in range(depth)])
-        return logits.topk(k, dim=-1).indices
+        if self.projs is None:  # one [depth, hidden] x [hidden, vocab] product for every head
+            return self.candidates(z, 0, k)
+        return torch.stack([self.candidates(z[j], j, k) for j in range(depth)])
 
 
 @torch.inference_mode()
 def rank_accuracy(heads: MedusaHeads, hidden: torch.Tensor, labels: torch.Tensor, ranks: int = 10,
                   batch: int = 256) -> torch.Tensor:
-    """a[k][r] [K, ranks]: how often head k's rank-r candidate equals its label, over positions with one.
+    """a[k][r] [K, ranks]: how often head k's rank-r candidate (within its draft vocabulary, if restricted) equals
+    its label, over positions with one.
 
     `hidden` [N, hidden] post-norm states; `labels` [N, K] the base's greedy token at t+1+k, -100 where unknown.
     """
@@ -137,10 +173,26 @@ def rank_accuracy(heads: MedusaHeads, hidden: torch.Tensor, labels: torch.Tensor
             valid = y[:, k] >= 0
             if not bool(valid.any()):
                 continue
-            top = heads.project(block(h[valid].to(block[0].linear.weight.dtype)), k).topk(ranks, -1).indices
+            top = heads.candidates(block(h[valid].to(block[0].linear.weight.dtype)), k, ranks)
             hits[k] += (top == y[valid, k:k + 1]).sum(0).double()
             counts[k] += float(valid.sum())
     return hits / counts.clamp(min=1)[:, None]
+
+
+def frequent_tokens(labels: torch.Tensor, vocab_size: int, n: int) -> torch.Tensor:
+    """The (at most) n most frequent token ids among `labels` (negative ones ignored), ascending; ties by id."""
+    counts = torch.bincount(labels[labels >= 0].reshape(-1), minlength=vocab_size)
+    order = torch.sort(counts, descending=True, stable=True).indices
+    keep = order[:min(n, int((counts > 0).sum()))]
+    return torch.sort(keep).values
+
+
+def coverage(vocab: torch.Tensor | None, labels: torch.Tensor) -> float:
+    """Fraction of the (non-negative) labels inside `vocab` (1 without one)."""
+    valid = labels[labels >= 0]
+    if vocab is None or valid.numel() == 0:
+        return 1.0
+    return float(torch.isin(valid, vocab).float().mean())
 
 
 def weights_hash(model: nn.Module) -> str:
@@ -165,15 +217,19 @@ def base_info(model: nn.Module) -> dict[str, Any]:
             "layers": int(getattr(model.config, "num_hidden_layers", 0)), "weights_sha256": weights_hash(model)}
 
 
-def save_heads(heads: MedusaHeads, out: str | os.PathLike, base: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+def save_heads(heads: MedusaHeads, out: str | os.PathLike, base: dict[str, Any],
+               extra: dict[str, Any] | None = None) -> Path:
     """Write heads.safetensors and medusa.json to `out` atomically; return the folder."""
     from safetensors.torch import save_file
 
     out = Path(out)
     state = {k: v.detach().contiguous() for k, v in heads.state_dict().items()}
+    if heads.draft_vocab is not None:
+        state[VOCAB_KEY] = heads.draft_vocab.contiguous()
     manifest = {"kind": KIND, "version": 1, "heads": heads.num_heads, "layers": heads.num_layers, "tied": heads.tied,
                 "hidden_size": heads.hidden_size, "vocab_size": heads.vocab_size,
                 "dtype": str(next(iter(state.values())).dtype).removeprefix("torch."),
+                "draft_vocab": None if heads.draft_vocab is None else int(heads.draft_vocab.numel()),
                 "offsets": "head k (1..K) predicts token t+1+k from the post-norm hidden state at t",
                 "base": base, **(extra or {})}
     with atomic_folder(out) as tmp:
@@ -233,10 +289,11 @@ def load_heads(path: str | os.PathLike, model: nn.Module, check: bool = True) ->
         state = load_file(str(folder / WEIGHTS))
     except Exception as exc:  # noqa: BLE001 -- safetensors raises its own error types too
         raise RidgelineError(f"cannot read {folder / WEIGHTS}: {exc}") from None
+    vocab = state.pop(VOCAB_KEY, None)
     missing, unexpected = heads.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise RidgelineError(f"{folder / WEIGHTS} does not match {MANIFEST}: missing {sorted(missing)[:3]}, "
                              f"unexpected {sorted(unexpected)[:3]}")
     dtype = model.lm_head.weight.dtype
     heads = heads.to(dtype).eval().requires_grad_(False)
-    return heads.attach(model.lm_head.weight), manifest
+    return heads.attach(model.lm_head.weight).restrict(vocab), manifest

@@ -127,7 +127,9 @@ def distill_data(model: Any, stream: torch.Tensor, sequences: int, prompt_len: i
     for s in range(0, sequences, batch):
         chunk = prompts[s:s + batch]
         done = s * generate
-        report = (lambda j, done=done, n=chunk.shape[0]: progress("generating", done + j * n, total)) if progress else None
+        report = None
+        if progress is not None:
+            report = lambda j, done=done, n=chunk.shape[0]: progress("generating", done + j * n, total)  # noqa: E731
         parts.append(continue_greedily(model, chunk, generate, report))
     tokens, hidden, argmax = (torch.cat(x) for x in zip(*parts))
     info = {"sequences": sequences, "prompt_len": prompt_len, "generate": generate, "seed": seed,

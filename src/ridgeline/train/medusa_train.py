@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 from ridgeline.errors import RidgelineError
 from ridgeline.io import atomic_folder
-from ridgeline.train.medusa import MedusaHeads, base_info, check_structure, load_heads, rank_accuracy, save_heads
+from ridgeline.train.medusa import (MedusaHeads, base_info, check_structure, coverage, frequent_tokens, load_heads,
+                                    rank_accuracy, save_heads)
 from ridgeline.train.medusa_data import IGNORE, DistillData, corpus_stream, distill_data
 from ridgeline.train.uptrain import OPTIMIZERS, SCHEDULES, deferred_sigint, lr_factor
 
@@ -61,6 +62,7 @@ class MedusaConfig:
     decay: float = 0.8
     grad_clip: float | None = 1.0
     checkpoint_every: int = 50
+    draft_vocab: int = 8192  # heads draft from the most frequent training targets (0: the whole vocabulary)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -85,6 +87,9 @@ class MedusaConfig:
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
             if getattr(self, name) not in allowed:
                 raise RidgelineError(f"medusa {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if isinstance(self.draft_vocab, bool) or not isinstance(self.draft_vocab, int) or self.draft_vocab < 0:
+            raise RidgelineError(f"medusa draft_vocab must be an integer >= 0 (0: whole vocabulary), "
+                                 f"got {self.draft_vocab!r}")
         if self.positions < self.batch_size:
             raise RidgelineError(f"{self.positions} training positions are fewer than a batch of {self.batch_size}")
 
@@ -275,7 +280,8 @@ def _read_checkpoint(folder: Path, cfg: MedusaConfig, base: dict) -> tuple[dict,
     except Exception as exc:  # noqa: BLE001 -- missing files, bad JSON, bad safetensors: one message
         raise RidgelineError(f"cannot resume from {folder}: {' '.join(str(exc).split())[:160]}") from None
     if meta.get("base", {}).get("weights_sha256") != base["weights_sha256"]:
-        raise RidgelineError(f"the checkpoint {folder} was made for another base model ({meta.get('base', {}).get('name')})")
+        raise RidgelineError(f"the checkpoint {folder} was made for another base model "
+                             f"({meta.get('base', {}).get('name')})")
     saved = {k: v for k, v in meta.get("config", {}).items() if k != "epochs"}
     if saved != {k: v for k, v in asdict(cfg).items() if k != "epochs"}:
         diff = sorted(k for k in saved if saved.get(k) != asdict(cfg).get(k))
@@ -332,8 +338,11 @@ def train_medusa(model: Any, tokenizer: Any, out: str | Path, cfg: MedusaConfig 
         report.checkpoint = ckpt
         return report
     heads.eval()
+    if cfg.draft_vocab:
+        heads.restrict(frequent_tokens(tensors["y"], base["vocab_size"], cfg.draft_vocab))
     acc = rank_accuracy(heads, tensors["x_val"], tensors["y_val"], RANKS) if tensors["x_val"].numel() else None
     report.accuracy = _accuracy_json(acc, int(tensors["x_val"].shape[0]), cfg.held_out)
+    report.accuracy.update(_vocab_json(heads, tensors["y_val"]))
     heads_out = heads.requires_grad_(False)
     save_heads(heads_out, out, base, {"training": report.to_json(), "accuracy": report.accuracy})
     report.out = out
@@ -349,10 +358,17 @@ def _accuracy_json(acc: torch.Tensor | None, positions: int, sequences: int) -> 
             "data": f"{sequences} held-out greedy continuations of calibration prompts (not trained on)"}
 
 
+def _vocab_json(heads: MedusaHeads, labels: torch.Tensor) -> dict:
+    n = None if heads.draft_vocab is None else int(heads.draft_vocab.numel())
+    return {"draft_vocab": n, "draft_vocab_coverage": coverage(heads.draft_vocab, labels)}
+
+
 def accuracy_report(heads: MedusaHeads, data: DistillData, ranks: int = RANKS) -> dict:
-    """Rank, top-1 and top-5 accuracies of `heads` on every position of `data` that has a target."""
+    """Rank, top-1 and top-5 accuracies of `heads` (within their draft vocabulary) on every position of `data` that
+    has a target, and the share of targets the draft vocabulary covers."""
     x, y = data.positions(heads.num_heads)
-    return _accuracy_json(rank_accuracy(heads, x, y, ranks), int(x.shape[0]), int(data.tokens.shape[0]))
+    out = _accuracy_json(rank_accuracy(heads, x, y, ranks), int(x.shape[0]), int(data.tokens.shape[0]))
+    return {**out, **_vocab_json(heads, y)}
 
 
 
