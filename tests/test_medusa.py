@@ -371,6 +371,8 @@ def test_draft_vocabulary_by_hand(model, tmp_path):
     loaded, manifest = load_heads(out, model)
     assert torch.equal(loaded.draft_vocab, vocab) and manifest["draft_vocab"] == 5
     assert loaded.topk(h, 2).tolist() == [want.tolist()] * 2
+    # training targets become draft-vocabulary indices; outside it (and unknown) they are masked
+    assert loaded.draft_index(torch.tensor([10, 5, -100, 42])).tolist() == [1, -100, -100, 2]
 
 
 def test_heads_round_trip_and_refuse_another_base(model, tmp_path):

@@ -41,7 +41,7 @@ def train(
     batch_size: int = typer.Option(256, "--batch-size", help="positions per optimizer step"),
     lr: float = typer.Option(1e-3, "--lr", help="peak learning rate (warm-up, then cosine)"),
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw, or muon (torch.optim.Muon on the 2-D ResBlock weights, AdamW on the rest)"),
-    draft_vocab: int = typer.Option(8192, "--draft-vocab", help="heads draft from the N most frequent training targets (0: the whole vocabulary)"),
+    draft_vocab: int = typer.Option(8192, "--draft-vocab", help="heads train on and draft from the N most frequent tokens of the calibration text and targets (0: the whole vocabulary)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from OUT.ckpt"),
     corpus: Optional[str] = CORPUS,
     threads: Optional[int] = THREADS,

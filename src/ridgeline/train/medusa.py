@@ -8,12 +8,13 @@ lm_head weight, shared by every head (default: K untied 576 x 49,152 heads would
 per-head copy that trains with the head (`tied=False`). A fresh head therefore predicts exactly what the base
 predicts for t+1: its logits are lm_head(h_t). Every head (and every ResBlock in it) is a separate module.
 
-Draft vocabulary (frequency-ranked drafting, as in FR-Spec): at inference a head only has to rank candidates, so
-its projection can be restricted to the tokens the base actually produces — the most frequent targets of the
-training data (`draft_vocab`, default up to 8192 ids; `restrict`). Each step then streams a [V', d] slice of the
-projection instead of the whole [V, d] lm_head (SmolLM2: 49,152 rows, 113 MB in fp32). Training is unaffected
-(full-vocabulary cross-entropy); a base token outside the slice is simply never drafted (the coverage is
-recorded). Verification always uses the base's full vocabulary, so greedy decoding stays lossless.
+Draft vocabulary (frequency-ranked drafting, as in FR-Spec): a head only has to rank candidates, so its
+projection can be restricted to the tokens the base actually produces — the most frequent tokens of the
+calibration text and of the training targets (`draft_vocab`, default 8192 ids; `restrict`). Each step then streams
+a [V', d] slice of the projection instead of the whole [V, d] lm_head (SmolLM2: 49,152 rows, 113 MB in fp32), and
+training computes its cross-entropy over the same V' classes (a target outside them is masked), 6x cheaper. A
+base token outside the slice is never drafted (the coverage is recorded). Verification always uses the base's
+full vocabulary, so greedy decoding stays lossless.
 
 Rank accuracy a[k][r]: the fraction of positions where head k's rank-r candidate (r = 0: its argmax) is the
 base's greedy token at t+1+k (the base's argmax at position t+k); top-n accuracy is the sum over r < n. The tree
@@ -123,13 +124,30 @@ class MedusaHeads(nn.Module):
                 self._draft_w = [p.weight.detach()[vocab].contiguous() for p in self.projs]
         return self
 
+    def draft_logits(self, z: torch.Tensor, k: int) -> torch.Tensor:
+        """Head k's (0-based) logits over its draft vocabulary (the whole vocabulary without one) [..., V'].
+        Training untied heads gathers the rows from the projection (gradients reach them); otherwise the copies
+        `restrict` made are used (call it again after training untied heads)."""
+        if self.draft_vocab is None:
+            return self.project(z, k)
+        if self.projs is not None and self.training:
+            return F.linear(z, self.projs[k].weight[self.draft_vocab])
+        w = self._draft_w[k if self.projs is not None else 0]
+        return F.linear(z.to(w.dtype), w)
+
     def candidates(self, z: torch.Tensor, k: int, n: int) -> torch.Tensor:
         """Head k's (0-based) n most likely token ids from its block output z [..., hidden] (within the draft
         vocabulary when one is set)."""
+        top = self.draft_logits(z, k).topk(n, dim=-1).indices
+        return top if self.draft_vocab is None else self.draft_vocab[top]
+
+    def draft_index(self, labels: torch.Tensor) -> torch.Tensor:
+        """Token ids -> their index in the draft vocabulary (IGNORE = -100 outside it, and for negative labels)."""
         if self.draft_vocab is None:
-            return self.project(z, k).topk(n, dim=-1).indices
-        w = self._draft_w[k if self.projs is not None else 0]
-        return self.draft_vocab[F.linear(z.to(w.dtype), w).topk(n, dim=-1).indices]
+            return labels
+        table = torch.full((self.vocab_size,), -100, dtype=torch.long)
+        table[self.draft_vocab] = torch.arange(self.draft_vocab.numel())
+        return torch.where(labels >= 0, table[labels.clamp(min=0)], torch.full_like(labels, -100))
 
     def project(self, z: torch.Tensor, k: int) -> torch.Tensor:
         """Head k's (0-based) vocabulary logits of its block output z [..., hidden]."""
@@ -179,9 +197,12 @@ def rank_accuracy(heads: MedusaHeads, hidden: torch.Tensor, labels: torch.Tensor
     return hits / counts.clamp(min=1)[:, None]
 
 
-def frequent_tokens(labels: torch.Tensor, vocab_size: int, n: int) -> torch.Tensor:
-    """The (at most) n most frequent token ids among `labels` (negative ones ignored), ascending; ties by id."""
+def frequent_tokens(labels: torch.Tensor, vocab_size: int, n: int, extra: torch.Tensor | None = None) -> torch.Tensor:
+    """The (at most) n most frequent token ids among `labels` and `extra` (more tokens to count, e.g. a corpus
+    stream; negative ids ignored), ascending; ties by id."""
     counts = torch.bincount(labels[labels >= 0].reshape(-1), minlength=vocab_size)
+    if extra is not None:
+        counts += torch.bincount(extra[extra >= 0].reshape(-1), minlength=vocab_size)
     order = torch.sort(counts, descending=True, stable=True).indices
     keep = order[:min(n, int((counts > 0).sum()))]
     return torch.sort(keep).values

@@ -1,7 +1,9 @@
 """Training Medusa-1 heads by self-distillation on a frozen base (`ridgeline medusa train`).
 
 Objective: L = sum_k w_k CE(head_k(h_t), y_{t,k}) / sum_k w_k with w_k = decay^k (k = 1..K, decay 0.8), y the
-base's greedy tokens (`medusa_data`); only the heads train. Optimizers: AdamW on every head parameter, or
+base's greedy tokens (`medusa_data`); only the heads train. With a draft vocabulary (default: the 8192 most
+frequent tokens of the calibration stream and the targets) the cross-entropy runs over those classes only, as
+the heads will draft (a target outside them is masked). Optimizers: AdamW on every head parameter, or
 `torch.optim.Muon` on the 2-D ResBlock weights (`adjust_lr_fn='match_rms_adamw'`, so one learning rate serves
 both) and AdamW on the biases and, for untied heads, the vocabulary projections (as for embeddings and LM
 heads in Muon recipes). Linear warm-up, then cosine to `min_lr_ratio`. One step = `batch_size` positions drawn
@@ -62,7 +64,7 @@ class MedusaConfig:
     decay: float = 0.8
     grad_clip: float | None = 1.0
     checkpoint_every: int = 50
-    draft_vocab: int = 8192  # heads draft from the most frequent training targets (0: the whole vocabulary)
+    draft_vocab: int = 8192  # heads train on and draft from the most frequent tokens (0: the whole vocabulary)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -152,7 +154,7 @@ class MedusaTrainer:
     """The optimisation state of one run over fixed positions x [N, d] and labels y [N, K]."""
 
     def __init__(self, heads: MedusaHeads, x: torch.Tensor, y: torch.Tensor, cfg: MedusaConfig) -> None:
-        self.heads, self.x, self.y, self.cfg = heads, x, y, cfg
+        self.heads, self.x, self.y, self.cfg = heads, x, heads.draft_index(y), cfg  # labels as draft-vocab indices
         self.opts = _optimizers(heads, cfg)
         self.weights = cfg.loss_weights()
         self.losses: list[float] = []
@@ -191,7 +193,7 @@ class MedusaTrainer:
             if not bool((y[:, k] != IGNORE).any()):
                 per_head.append(float("nan"))
                 continue
-            ce = F.cross_entropy(self.heads.project(block(h), k), y[:, k], ignore_index=IGNORE)
+            ce = F.cross_entropy(self.heads.draft_logits(block(h), k), y[:, k], ignore_index=IGNORE)
             (ce * (self.weights[k] / total_w)).backward()
             per_head.append(float(ce.detach()))
             loss += float(ce.detach()) * self.weights[k] / total_w
@@ -325,6 +327,9 @@ def train_medusa(model: Any, tokenizer: Any, out: str | Path, cfg: MedusaConfig 
         train, val = dd.split(cfg.held_out)
         (x, y), (xv, yv) = train.positions(cfg.heads), val.positions(cfg.heads)
         tensors = {"x": x.contiguous(), "y": y.contiguous(), "x_val": xv.contiguous(), "y_val": yv.contiguous()}
+        if cfg.draft_vocab:
+            tensors["vocab"] = frequent_tokens(y, base["vocab_size"], cfg.draft_vocab, extra=stream)
+    heads.restrict(tensors.get("vocab"))
     trainer = MedusaTrainer(heads, tensors["x"], tensors["y"], cfg)
     if resume:
         trainer.restore(state, meta)
@@ -338,8 +343,7 @@ def train_medusa(model: Any, tokenizer: Any, out: str | Path, cfg: MedusaConfig 
         report.checkpoint = ckpt
         return report
     heads.eval()
-    if cfg.draft_vocab:
-        heads.restrict(frequent_tokens(tensors["y"], base["vocab_size"], cfg.draft_vocab))
+    heads.restrict(tensors.get("vocab"))  # untied heads: fresh copies of their trained rows
     acc = rank_accuracy(heads, tensors["x_val"], tensors["y_val"], RANKS) if tensors["x_val"].numel() else None
     report.accuracy = _accuracy_json(acc, int(tensors["x_val"].shape[0]), cfg.held_out)
     report.accuracy.update(_vocab_json(heads, tensors["y_val"]))
