@@ -33,7 +33,6 @@ import argparse
 import contextlib
 import fcntl
 import math
-import os
 import statistics
 import subprocess
 import sys
@@ -134,7 +133,7 @@ def timing(model, tok, methods: dict, args) -> dict:
     """TTFT of the full prompt and of compressor + kept prompt, per length, rate and method, interleaved rounds."""
     import torch
 
-    from ridgeline.compress import Parts, compress
+    from ridgeline.compress import compress
     from ridgeline.compress.quality import corpus_samples
     from ridgeline.measure import BenchConfig, load_runner
     from ridgeline.specs import Scenario

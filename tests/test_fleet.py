@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from ridgeline.cli import app
 from ridgeline.errors import RidgelineError
-from ridgeline.fleet import INSTALL, map_tasks
+from ridgeline.fleet import map_tasks
 
 HAS_RAY = __import__("importlib").util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAS_RAY, reason="Ray is not installed: pip install 'ridgeline[ray]' "

@@ -60,18 +60,27 @@ def analyze(
     per_operator: bool = typer.Option(False, "--per-operator", help="list every operator of each distinct layer and the model-level ones"),
     as_json: bool = JSON,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="also write the JSON record to this file"),
+    spec_tokens: Optional[int] = typer.Option(None, "--spec-tokens", help="speculative decoding: tokens verified per step (the base's own token plus the drafts)"),
+    spec_accepted: Optional[float] = typer.Option(None, "--spec-accepted", help="speculative decoding: tokens kept per step on average (the base's own counted; 1..--spec-tokens)"),
+    spec_heads: int = typer.Option(0, "--spec-heads", help="Medusa heads run per step (K ResBlocks and K more lm_head rows)"),
+    spec_draft_vocab: int = typer.Option(0, "--spec-draft-vocab", help="rows of the heads' projection per step (a restricted draft vocabulary; 0: all)"),
     predict_kwargs: Optional[dict] = None,
 ) -> None:
-    """Analytic roofline of prefill and decode: FLOPs, bytes, intensity, bound, time, memory."""
+    """Analytic roofline of prefill and decode: FLOPs, bytes, intensity, bound, time, memory (and the speedup of
+    speculative decoding)."""
     from ridgeline.report import memory_table, operator_table, summary_table
     from ridgeline.roofline import predict, prediction_json
 
-    pred = predict(model, device, **predict_kwargs)
+    speculation = _speculation(spec_tokens, spec_accepted, spec_heads, spec_draft_vocab)
+    pred = predict(model, device, speculation=speculation, **predict_kwargs)
     record = finite(prediction_json(pred, per_operator))
     if pred.workload.scenario.compress != 1:
         from ridgeline.roofline import compression_summary
 
         record["compression"] = finite(compression_summary(pred))
+    line = None
+    if speculation is not None:
+        record["speculation"], line = _speedup(pred)
     write_record(out, record)
     if as_json:
         print(dumps(record))
@@ -82,6 +91,36 @@ def analyze(
         say(_compression_line(record["compression"]))
     for phase in ("prefill", "decode") if per_operator else ():
         console.print(operator_table(pred, phase))
+    if line:
+        say(line)
+
+
+def _speculation(tokens: Optional[int], accepted: Optional[float], heads: int, draft_vocab: int):
+    """The Speculation of the --spec-* options (both --spec-tokens and --spec-accepted, or neither)."""
+    if tokens is None and accepted is None:
+        if heads or draft_vocab:
+            raise RidgelineError("--spec-heads and --spec-draft-vocab need --spec-tokens and --spec-accepted")
+        return None
+    if tokens is None or accepted is None:
+        raise RidgelineError("speculative decoding needs both --spec-tokens K and --spec-accepted A")
+    from ridgeline.specs import Speculation
+
+    return Speculation(tokens, accepted, heads, draft_vocab=draft_vocab)
+
+
+def _speedup(pred) -> tuple[dict, str]:
+    """The speculation's JSON (with the plain decode and the predicted speedup) and its summary line."""
+    from ridgeline.roofline import speculative_speedup
+
+    plain, speedup = speculative_speedup(pred)
+    s = pred.workload.scenario.speculation
+    record = {**s.to_json(), "steps": pred.decode.steps, "decode_tokens_per_s": pred.decode.tokens_per_s,
+              "plain_decode_tokens_per_s": plain.decode.tokens_per_s, "predicted_speedup": speedup}
+    line = (f"speculative decode ({s.tokens} verified, {s.accepted:g} accepted per step"
+            f"{f', {s.heads} Medusa heads' if s.heads else ''}) on {pred.device.name}: "
+            f"{pred.decode.tokens_per_s:.1f} tok/s vs {plain.decode.tokens_per_s:.1f} plain: predicted speedup "
+            f"{speedup:.2f}x ({pred.decode.bound}-bound)")
+    return record, line
 
 
 def _compression_line(c: dict) -> str:

@@ -60,11 +60,51 @@ def wait_for_quiet(max_wait_s: float) -> None:
 
 
 def run_bench_grid(grid, roofs, label: str = "bench") -> list[dict]:
-    """Run a bench grid with a progress bar, printing the roof notes first."""
+    """Run a bench grid with a progress bar, printing the roof notes first (speculative runs use the engine's
+    runners)."""
     from ridgeline.measure import run_grid
 
+    factory = None
+    if any(s is not None for s in grid.specs):
+        from ridgeline.engine import spec_runner as factory
     with progress(label) as report:
-        return run_grid(grid, roofs, report, note)
+        return run_grid(grid, roofs, report, note, factory)
+
+
+def spec_settings(spec: Optional[str], tree: str, accept: str) -> list:
+    """--spec 'none,medusa:DIR,prompt-lookup,draft:8' -> [None, SpecSetting, ...]; no option -> [None]."""
+    from ridgeline.measure import SpecSetting
+
+    if spec is None:
+        return [None]
+    items = csv_list(spec, "--spec")
+    medusa = [s.lower().startswith("medusa") for s in items]
+    if tree != "auto" and not any(medusa):
+        raise RidgelineError("--tree applies to medusa runs (prompt lookup and draft models verify a chain)")
+    if not tree.startswith("auto"):
+        from ridgeline.engine import parse_tree
+
+        parse_tree(tree)  # a malformed tree is named before anything loads
+    return [None if s.lower() == "none" else SpecSetting.parse(s, tree if m else "auto", accept)
+            for s, m in zip(items, medusa)]
+
+
+def spec_lines(rows: list[dict]) -> list[str]:
+    """Per speculative run: tokens per verify step, the roofline's predicted speedup and, when the grid has the same
+    run without speculation, the measured one."""
+    plain = {(r["run"], r["scenario"], r["threads"], r["layers"]): r for r in rows if not r["spec"]}
+    out = []
+    for r in rows:
+        if not r["spec"]:
+            continue
+        base = plain.get((r["run"].rsplit(" · ", 1)[0], r["scenario"], r["threads"], r["layers"]))
+        measured = (f", measured {r['decode_tokens_per_s'] / base['decode_tokens_per_s']:.2f}x plain decoding"
+                    if base else "")
+        predicted = r.get("predicted_speedup_probe") or r.get("predicted_speedup_catalogue")
+        out.append(f"{r['run']} {r['scenario']}: {r['tokens_per_step']:.2f} tokens per verify step (the base's own "
+                   f"token counted), {r['verified_per_step']:.1f} verified"
+                   + (f"; roofline predicts {predicted:.2f}x" if predicted else "") + measured)
+    return out
 
 
 def render_bench(results: list[dict], title: str = "measured runs", plot_stem: Optional[Path] = None,
@@ -76,7 +116,7 @@ def render_bench(results: list[dict], title: str = "measured runs", plot_stem: O
     rows = flat_rows(results)
     if not to_stderr:
         console.print(bench_table(rows, title))
-        for line in filter(None, map(error_line, rows)):
+        for line in [*filter(None, map(error_line, rows)), *spec_lines(rows)]:
             say(line)
     for w in phi_warnings(rows):
         note(w, "modelling error")
@@ -113,6 +153,9 @@ def bench(
     window: Optional[str] = typer.Option(None, "--window", help="torch: sliding-window attention of W keys with a rolling-buffer cache, comma list with 'none'"),
     kv_heads: Optional[str] = typer.Option(None, "--kv-heads", help="torch: GQA, K/V heads mean-pooled to G (no uptraining), comma list"),
     require_quiet: Optional[float] = typer.Option(None, "--require-quiet", help="wait up to this many seconds for the machine to be quiet (other processes under a quarter core) before measuring; refuse if it stays busy"),
+    spec: Optional[str] = typer.Option(None, "--spec", help="torch: speculative decoding, comma list with 'none': medusa:DIR (heads from `ridgeline medusa train`), prompt-lookup[:N], draft:N (the first N layers) or draft:MODEL"),
+    tree: str = typer.Option("auto", "--tree", help="medusa tree: auto (from the heads' accuracies and the verify cost measured now), auto:M (at most M verified), paths '0;0,0;1' or a JSON file"),
+    accept: str = typer.Option("greedy", "--accept", help="acceptance: greedy (lossless) or typical[:T[:eps[:alpha]]] (sampling, not lossless; defaults 0.7, 0.09, 0.3)"),
     device_file: Optional[Path] = DEVICE_FILE,
 ) -> None:
     """Measure the scenario on a real model: TTFT, every decode step, Φ against the probe and catalogue roofs."""
@@ -122,7 +165,8 @@ def bench(
     grid = BenchGrid(model=model, backends=csv_list(backend, "--backend"),
                      scenarios=[parse_scenario(s) for s in csv_list(scenario, "--scenario")],
                      dtypes=csv_list(dtype, "--dtype"), threads=[None] if threads is None else int_list(threads, "--threads"),
-                     layers=layer_list(layers), variants=variants(kv, window, kv_heads), repeats=repeats, warmup=warmup,
+                     layers=layer_list(layers), variants=variants(kv, window, kv_heads),
+                     specs=spec_settings(spec, tree, accept), repeats=repeats, warmup=warmup,
                      impl=impl, memory_limit=None if memory_limit is None else memory_limit * 2**30)
     roofs = resolve_roofs(device, reference, device_files(device_file))
     grid.groups()  # bad input is refused before waiting for a quiet machine

@@ -5,6 +5,13 @@ first token's argmax included) followed by exactly N decode steps continuing fro
 timed on its own. Model load and warm-up are timed and reported separately, never mixed into the
 phase times (RooflineBench divided by whole-process wall time). The record carries every parameter
 that produced it, the machine, and every per-repeat sample (llama-bench style).
+
+Speculative runs (`BenchConfig.spec`, `bench --spec`): the prefill is the same; then each timed step is one
+verify step of a speculative runner (built by a factory the caller passes, e.g. `ridgeline.engine.spec_runner`:
+measure does not depend on the engine), caching at most the tokens left, until P + N tokens are cached. A
+repeat records every step's time, the tokens it yielded (accepted drafts plus the base's own token: plain decode
+yields 1) and the tokens it verified; decode tokens/s stays N / decode time, so plain and speculative runs
+compare directly.
 """
 
 from __future__ import annotations
@@ -22,6 +29,70 @@ from ridgeline.specs import ModelRef, ModelSpec, Precision, Scenario, load_spec
 BACKENDS = ("torch", "llamacpp")
 IMPLS = ("auto", "lean", "hf")
 Progress = Callable[[str, int, int], None]  # (what, done, total)
+#: drafters a speculative run can use: Medusa heads (medusa:DIR), prompt lookup (prompt-lookup[:N]) and a draft
+#: model (draft:N for the base's first N layers, draft:MODEL for another model with the same vocabulary)
+SPEC_KINDS = ("medusa", "prompt-lookup", "draft")
+#: cache room a speculative run needs beyond P + N + 1 (the largest tree or chain verified after the last token)
+SPEC_ROOM = 64
+
+
+@dataclass(frozen=True)
+class SpecSetting:
+    """A speculative-decoding run: the drafter (kind and argument), the tree ('auto': chosen from the measured
+    verify-cost curve) and the acceptance rule ('greedy', or 'typical[:T[:eps[:alpha]]]', defaults 0.7, 0.09, 0.3)."""
+
+    kind: str
+    arg: str | None = None
+    tree: str = "auto"
+    accept: str = "greedy"
+
+    def __post_init__(self) -> None:
+        if self.kind not in SPEC_KINDS:
+            raise RidgelineError(f"speculative drafter {self.kind!r} is not one of {', '.join(SPEC_KINDS)} "
+                                 "(medusa:DIR, prompt-lookup[:N], draft:N|MODEL)")
+        if self.kind in ("medusa", "draft") and not self.arg:
+            form = "medusa:DIR (a heads folder)" if self.kind == "medusa" else "draft:N (first N layers) or draft:MODEL"
+            raise RidgelineError(f"--spec {self.kind} needs an argument: {form}")
+        if self.kind == "prompt-lookup" and self.arg is not None and not (self.arg.isdigit() and int(self.arg) >= 1):
+            raise RidgelineError(f"--spec prompt-lookup:N takes N >= 1 tokens per lookup, got {self.arg!r}")
+        if self.tree != "auto" and self.kind != "medusa":
+            raise RidgelineError("--tree applies to medusa runs (prompt lookup and draft models verify a chain)")
+        cap = self.tree.partition(":")[2]
+        if self.tree.startswith("auto") and self.tree != "auto" and not (self.tree[4:5] == ":" and cap.isdigit()
+                                                                         and 2 <= int(cap) <= SPEC_ROOM):
+            raise RidgelineError(f"--tree {self.tree!r}: auto:M takes M from 2 to {SPEC_ROOM} verified tokens")
+        self.acceptance()
+
+    @classmethod
+    def parse(cls, text: str, tree: str = "auto", accept: str = "greedy") -> SpecSetting:
+        """'medusa:DIR', 'prompt-lookup', 'prompt-lookup:N', 'draft:N' or 'draft:MODEL'."""
+        kind, sep, arg = text.strip().partition(":")
+        return cls(kind.strip().lower(), arg.strip() if sep and arg.strip() else None, tree.strip() or "auto", accept)
+
+    def acceptance(self) -> dict[str, Any]:
+        """The acceptance rule as keywords: kind, and for typical temperature, eps, alpha."""
+        kind, *nums = [p.strip() for p in self.accept.strip().lower().split(":")]
+        if kind == "greedy" and not nums:
+            return {"kind": "greedy"}
+        if kind != "typical" or len(nums) > 3:
+            raise RidgelineError(f"--accept {self.accept!r} is not 'greedy' or 'typical[:T[:eps[:alpha]]]'")
+        try:
+            values = [float(x) for x in nums]
+        except ValueError:
+            raise RidgelineError(f"--accept {self.accept!r}: T, eps and alpha must be numbers") from None
+        if any(not (v > 0) or v != v or v == float("inf") for v in values):
+            raise RidgelineError(f"--accept {self.accept!r}: T, eps and alpha must be finite and > 0")
+        return {"kind": "typical", **dict(zip(("temperature", "eps", "alpha"), values))}
+
+    @property
+    def label(self) -> str:
+        """'medusa greedy', 'medusa typical', 'prompt-lookup greedy', 'draft 8 greedy'."""
+        what = {"medusa": "medusa", "prompt-lookup": "prompt-lookup", "draft": f"draft {self.arg}"}[self.kind]
+        return f"{what} {self.acceptance()['kind']}"
+
+    def to_json(self) -> dict:
+        """JSON form."""
+        return {"kind": self.kind, "arg": self.arg, "tree": self.tree, "accept": self.accept, "label": self.label}
 
 
 @dataclass(frozen=True)
@@ -40,6 +111,7 @@ class BenchConfig:
     impl: str = "auto"  # torch only: lean (ridgeline's static-cache path), hf (transformers forward), auto
     memory_limit: float | None = None  # bytes; refuse before loading above it (default: memory available)
     variant: Variant = field(default_factory=Variant)  # torch: KV format, sliding window, K/V heads
+    spec: SpecSetting | None = None  # torch: speculative decoding (Medusa, prompt lookup, a draft model)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -66,6 +138,14 @@ class BenchConfig:
                 raise RidgelineError("the lean decode path has a static float cache; --kv, --window and --kv-heads "
                                      "run on --impl hf (or auto)")
             self.variant.check(self.dtype)
+        if self.spec is not None and (self.backend != "torch" or self.variant.transformed):
+            raise RidgelineError("--spec runs on the torch backend with the model's own cache (no --kv, --window, "
+                                 "--kv-heads)")
+
+    @property
+    def max_len(self) -> int:
+        """Cache positions the run needs: P + N + 1, plus room for a verified tree when speculative."""
+        return self.scenario.prompt + self.scenario.generate + 1 + (SPEC_ROOM if self.spec is not None else 0)
 
     @property
     def kv_format(self) -> str:
@@ -78,7 +158,7 @@ class BenchConfig:
                 "scenario": self.scenario.to_json(), "threads": self.threads, "repeats": self.repeats,
                 "warmup": self.warmup, "layers": self.layers, "memory_limit": self.memory_limit,
                 "kv": self.variant.kv, "window": self.variant.window, "kv_heads": self.variant.kv_heads,
-                "variant": self.variant.to_json()}
+                "variant": self.variant.to_json(), "spec": self.spec.to_json() if self.spec else None}
 
 
 @dataclass(frozen=True)
@@ -90,17 +170,27 @@ class RunSample:
     prompt_tokens: int
     generated: tuple[int, ...]
     cache_tokens: int  # tokens in the cache after the last step: P + N
+    tokens_per_step: tuple[int, ...] = ()  # speculative: tokens each verify step yielded (the base's own counted)
+    verified_per_step: tuple[int, ...] = ()  # speculative: tokens each verify step processed (root + drafts)
 
     @property
     def decode_s(self) -> float:
         """All decode steps."""
         return sum(self.decode_step_s)
 
+    @property
+    def mean_tokens_per_step(self) -> float:
+        """Tokens per decode (verify) step: 1 for plain decoding."""
+        return sum(self.tokens_per_step) / len(self.tokens_per_step) if self.tokens_per_step else 1.0
+
     def to_json(self) -> dict:
         """JSON form."""
-        return {"ttft_s": self.ttft_s, "decode_s": self.decode_s, "decode_step_s": list(self.decode_step_s),
-                "prompt_tokens": self.prompt_tokens, "generated_tokens": len(self.generated),
-                "cache_tokens": self.cache_tokens, "generated": list(self.generated)}
+        out = {"ttft_s": self.ttft_s, "decode_s": self.decode_s, "decode_step_s": list(self.decode_step_s),
+               "prompt_tokens": self.prompt_tokens, "generated_tokens": len(self.generated),
+               "cache_tokens": self.cache_tokens, "generated": list(self.generated)}
+        if self.tokens_per_step:
+            out.update(tokens_per_step=list(self.tokens_per_step), verified_per_step=list(self.verified_per_step))
+        return out
 
 
 @dataclass(frozen=True)
@@ -120,6 +210,7 @@ class BenchRecord:
     model_config: dict = field(default_factory=dict)  # the HF config dict of the model that ran (torch)
     spec: ModelSpec | None = field(default=None, compare=False)  # the model that ran, parsed once (not saved)
     contention: Contention = field(default_factory=Contention)  # how busy the machine was while timing
+    speculative: dict | None = None  # the speculative runner's own account: drafter, tree, cost curve, heads
 
     @property
     def ttft(self) -> Stat:
@@ -143,6 +234,17 @@ class BenchRecord:
         """Prompt tokens per second over repeats."""
         return summarize([s.prompt_tokens / s.ttft_s for s in self.samples])
 
+    @property
+    def tokens_per_step(self) -> Stat:
+        """Tokens per decode step over repeats (speculative: per verify step, the base's own token counted)."""
+        return summarize([s.mean_tokens_per_step for s in self.samples])
+
+    @property
+    def verified_per_step(self) -> float:
+        """Mean tokens a verify step processed, over every step of every repeat (1 for plain decoding)."""
+        steps = [v for s in self.samples for v in s.verified_per_step]
+        return sum(steps) / len(steps) if steps else 1.0
+
     def to_json(self) -> dict:
         """The record: parameters, what ran, machine, samples and summaries."""
         return {
@@ -151,8 +253,11 @@ class BenchRecord:
             "load_s": self.load_s, "warmup_s": self.warmup_s, "machine": self.machine,
             "summary": {"ttft_s": self.ttft.to_json(), "prefill_tokens_per_s": self.prefill_tokens_per_s.to_json(),
                         "decode_s_per_token": self.decode_per_token.to_json(),
-                        "decode_tokens_per_s": self.decode_tokens_per_s.to_json()},
+                        "decode_tokens_per_s": self.decode_tokens_per_s.to_json(),
+                        "tokens_per_step": self.tokens_per_step.to_json()},
             "samples": [s.to_json() for s in self.samples], "contention": self.contention.to_json(),
+            **({"speculative": {**self.config.spec.to_json(), **(self.speculative or {}),
+                                "verified_per_step": self.verified_per_step}} if self.config.spec else {}),
         }
 
 
@@ -181,8 +286,21 @@ def timed_run(runner: Any, prompt: Sequence[int], n: int) -> RunSample:
     return RunSample(ttft, tuple(steps), len(prompt), tuple(generated), runner.cached())
 
 
-def _max_len(sc: Scenario) -> int:
-    return sc.prompt + sc.generate + 1
+def timed_spec_run(runner: Any, prompt: Sequence[int], n: int) -> RunSample:
+    """One speculative repeat: prefill, then verify steps (each timed) until P + n tokens are cached."""
+    t0 = time.perf_counter()
+    tok = runner.prefill(prompt)
+    ttft = time.perf_counter() - t0
+    end, generated, steps, tokens, verified = len(prompt) + n, [tok], [], [], []
+    while runner.cached() < end:
+        t0 = time.perf_counter()
+        new = runner.step(end - runner.cached())
+        steps.append(time.perf_counter() - t0)
+        generated += new
+        tokens.append(len(new))
+        verified.append(runner.steps[-1].verified)
+    return RunSample(ttft, tuple(steps), len(prompt), tuple(generated[:n]), runner.cached(), tuple(tokens),
+                     tuple(verified))
 
 
 def _source(cfg: BenchConfig) -> ModelRef:
@@ -253,6 +371,9 @@ class Loaded:
     close: Callable[[], None]
     max_len: int
     spec: ModelSpec | None = None  # llama.cpp: the GGUF's spec, parsed once for every record of this load
+    model: Any = None  # torch: the transformers model (speculative runners build on it)
+    tokenizer: Any = None
+    speculative: dict = field(default_factory=dict)  # SpecSetting -> its runner, built once per load
 
 
 def load_runner(cfg: BenchConfig, max_len: int, spec: ModelSpec | None = None) -> Loaded:
@@ -298,12 +419,29 @@ def _load_torch(cfg: BenchConfig, max_len: int, t0: float) -> Loaded:
         model_config["ridgeline_quant"] = quant
     runner = runner or HFRunner(model, cfg.variant.kv, rolling=cfg.variant.window is not None)
     return Loaded(runner, lambda text: tok(text, add_special_tokens=False).input_ids, src.name, src.location,
-                  str(src.gguf) if src.gguf else None, model_config, time.perf_counter() - t0, lambda: None, max_len)
+                  str(src.gguf) if src.gguf else None, model_config, time.perf_counter() - t0, lambda: None, max_len,
+                  model=model, tokenizer=tok)
 
 
-def run_bench(cfg: BenchConfig, loaded: Loaded | None = None, progress: Progress | None = None) -> BenchRecord:
+SpecFactory = Callable[[SpecSetting, Loaded], Any]  # builds a speculative runner on a loaded model
+
+
+def spec_runner_for(cfg: BenchConfig, loaded: Loaded, factory: SpecFactory | None) -> Any:
+    """The runner a config times: the loaded backend, or (speculative) the factory's runner, built once per load."""
+    if cfg.spec is None:
+        return loaded.runner
+    if factory is None:
+        raise RidgelineError("speculative runs need a runner factory (pass ridgeline.engine.spec_runner)")
+    if cfg.spec not in loaded.speculative:
+        loaded.speculative[cfg.spec] = factory(cfg.spec, loaded)
+    return loaded.speculative[cfg.spec]
+
+
+def run_bench(cfg: BenchConfig, loaded: Loaded | None = None, progress: Progress | None = None,
+              spec_factory: SpecFactory | None = None) -> BenchRecord:
     """Time `cfg.repeats` repeats of the scenario after warm-up; loads the model (memory checked first) unless
-    `loaded` is given (the grid runner checks every run before loading anything)."""
+    `loaded` is given (the grid runner checks every run before loading anything). Speculative configs need
+    `spec_factory` (e.g. `ridgeline.engine.spec_runner`)."""
     from ridgeline.measure.probe import torch_threads
 
     sc = cfg.scenario
@@ -314,24 +452,27 @@ def run_bench(cfg: BenchConfig, loaded: Loaded | None = None, progress: Progress
             check_memory(cfg)
             if progress:
                 progress("loading model", 0, total)
-            loaded = load_runner(cfg, _max_len(sc))
-        elif loaded.max_len < _max_len(sc):
-            raise RidgelineError(f"the loaded backend holds {loaded.max_len} tokens; {sc.label} needs {_max_len(sc)}")
-        runner = loaded.runner
+            loaded = load_runner(cfg, cfg.max_len)
+        elif loaded.max_len < cfg.max_len:
+            raise RidgelineError(f"the loaded backend holds {loaded.max_len} tokens; {sc.label} needs {cfg.max_len}")
         try:
+            if progress and cfg.spec is not None:
+                progress(f"building the {cfg.spec.label} runner", 0, total)
+            runner = spec_runner_for(cfg, loaded, spec_factory)
+            timed = timed_spec_run if cfg.spec is not None else timed_run
             prompt = prompt_ids(loaded.encode, sc.prompt)
             with Watch() as watch:  # from before the warm-up: a busy machine then also slows the repeats
                 t0 = time.perf_counter()
                 for i in range(cfg.warmup):
                     if progress:
                         progress("warm-up", i, total)
-                    timed_run(runner, prompt, sc.generate)
+                    timed(runner, prompt, sc.generate)
                 warmup_s = time.perf_counter() - t0
                 samples = []
                 for i in range(cfg.repeats):
                     if progress:
                         progress(f"repeat {i + 1}/{cfg.repeats}", cfg.warmup + i, total)
-                    samples.append(timed_run(runner, prompt, sc.generate))
+                    samples.append(timed(runner, prompt, sc.generate))
         finally:
             if own:
                 loaded.close()
@@ -343,4 +484,4 @@ def run_bench(cfg: BenchConfig, loaded: Loaded | None = None, progress: Progress
         progress("done", total, total)
     return BenchRecord(cfg, runner.impl, threads, loaded.name, loaded.location, loaded.gguf,
                        loaded.load_s, warmup_s, tuple(samples), machine_info(), loaded.model_config, loaded.spec,
-                       watch.result)
+                       watch.result, getattr(runner, "info", None) if cfg.spec is not None else None)

@@ -1,6 +1,7 @@
 """A bench grid: every measured run of a cross product, one model load per group, placed on two roofs.
 
-`BenchGrid` names the axes (backends × dtypes × threads × depths × KV variants, each over the scenarios);
+`BenchGrid` names the axes (backends × dtypes × threads × depths × KV variants, each over the scenarios and the
+speculative settings, `None` meaning plain decoding);
 `run_grid` refuses the whole grid before loading anything if one run is bad input or will not fit, loads
 each group once, times its scenarios and places every record on the **probe** roof (this machine's
 measured one, at the run's thread count when probed at it) and the **catalogue** roof (the host's entry).
@@ -16,7 +17,8 @@ from typing import Callable, Sequence
 
 from ridgeline.arch import Variant
 from ridgeline.errors import RidgelineError
-from ridgeline.measure.bench import BenchConfig, check_memory, load_runner, model_spec, run_bench
+from ridgeline.measure.bench import (BenchConfig, SpecFactory, SpecSetting, check_memory, load_runner, model_spec,
+                                    run_bench)
 from ridgeline.measure.phi import place
 from ridgeline.measure.probe import roof_for_threads, torch_threads
 from ridgeline.measure.record import result_json
@@ -38,6 +40,7 @@ class BenchGrid:
     threads: Sequence[int | None] = (None,)
     layers: Sequence[int | None] = (None,)
     variants: Sequence[Variant] = (Variant(),)
+    specs: Sequence[SpecSetting | None] = (None,)  # torch: plain decoding (None) and speculative settings
     repeats: int = 3
     warmup: int = 1
     impl: str = "auto"
@@ -54,8 +57,8 @@ class BenchGrid:
                         for v in (self.variants if torch else [Variant()]):
                             groups.append([BenchConfig(self.model, backend, sc, dtype, threads=t, repeats=self.repeats,
                                                        warmup=self.warmup, layers=k, impl=self.impl,
-                                                       memory_limit=self.memory_limit, variant=v)
-                                           for sc in self.scenarios])
+                                                       memory_limit=self.memory_limit, variant=v, spec=spec)
+                                           for sc in self.scenarios for spec in (self.specs if torch else [None])])
         return groups
 
     @property
@@ -102,14 +105,17 @@ def place_record(record, roofs: Roofs) -> dict:
 
 
 def run_grid(grid: BenchGrid, roofs: Roofs, progress: Progress | None = None,
-             note: Callable[[str], None] | None = None) -> list[dict]:
+             note: Callable[[str], None] | None = None, spec_factory: SpecFactory | None = None) -> list[dict]:
     """Run every group of `grid` (one load each) and return the placed records, in grid order; `note` hears the
-    roofs' notes once the whole grid is checked (bad input and what will not fit are refused first)."""
+    roofs' notes once the whole grid is checked (bad input and what will not fit are refused first). Speculative
+    settings need `spec_factory` (e.g. `ridgeline.engine.spec_runner`)."""
     groups = grid.groups()
     specs = [model_spec(group[0]) for group in groups]
     for group, spec in zip(groups, specs):
         for cfg in group:
             check_memory(cfg, spec)
+            if cfg.spec is not None and spec_factory is None:
+                raise RidgelineError("speculative runs need a runner factory (ridgeline.engine.spec_runner)")
     for text in roofs.notes if note else ():
         note(text)
     total = sum(len(g) for g in groups)
@@ -119,13 +125,13 @@ def run_grid(grid: BenchGrid, roofs: Roofs, progress: Progress | None = None,
         with torch_threads(first.threads):
             if progress:
                 progress(f"loading {first.model} ({first.backend} {first.dtype})", len(results), total)
-            loaded = load_runner(first, max(c.scenario.prompt + c.scenario.generate + 1 for c in group), spec)
+            loaded = load_runner(first, max(c.max_len for c in group), spec)
             try:
                 for cfg in group:
                     what = _describe(cfg)
                     done = len(results)
                     record = run_bench(cfg, loaded, (lambda w, d, t: progress(f"{what} {w}", done, total))
-                                       if progress else None)
+                                       if progress else None, spec_factory)
                     results.append(place_record(record, roofs))
             finally:
                 loaded.close()
@@ -138,4 +144,4 @@ def _describe(cfg: BenchConfig) -> str:
     text = f"{cfg.backend} {cfg.dtype} {cfg.scenario.label} t={cfg.threads or '-'}"
     if cfg.layers:
         text += f" L={cfg.layers}"
-    return " ".join([text, *cfg.variant.labels])
+    return " ".join([text, *cfg.variant.labels, *([cfg.spec.label] if cfg.spec else [])])

@@ -24,6 +24,15 @@ straight-line loop:
   in the same order as transformers' RMSNorm (fp32 statistics, cast back); in fp32 the weight goes into the
   call, in bf16/fp16 it is multiplied after the cast, as transformers does.
 
+It implements ridgeline's speculative `Verifier` interface (`ridgeline.engine.speculative`): besides `prefill` and
+`decode`, `verify(tokens [M], positions [M], visibility [M, M])` runs M new tokens through every layer at once
+(their K/V in slots L..L+M-1, rope at the given positions, one SDPA per layer with a float additive mask: the whole
+prefix visible, the new tokens as `visibility` says) and returns every token's logits and post-norm hidden state;
+`keep(indices)` then moves the accepted tokens' K/V to contiguous slots L.. and drops the rest; `hidden` holds the
+post-norm hidden state(s) behind the last logits; `crop(n)` forgets positions n.. (draft models). Verification is a
+small-M GEMM per projection: torch's fp32 GEMM with a few rows costs far more than its GEMV here, which is what
+limits the useful tree size on this path.
+
 About 20 dispatched operators per layer per decoded token remain; there is no torch.compile, no CUDA graph.
 The kernels are the ones transformers calls (MKL/oneDNN matmul, the flash SDPA kernel), so the logits are
 bit-identical to transformers' (checked in fp32 and bf16 on SmolLM2-135M for prefill with
@@ -204,6 +213,9 @@ class LeanCausalLM(nn.Module):
         self.register_buffer("kv", torch.zeros(n_layers, 1, 2 * self.n_kv_heads, max_len, self.head_dim,
                                                dtype=self.dtype, device=device), persistent=False)
         self.length = 0
+        #: post-norm hidden state(s) of the positions the last prefill (last one), decode or verify returned logits for
+        self.hidden: torch.Tensor | None = None
+        self._verified: int | None = None  # the cache length before the last verify, until keep
         # rms_norm with the weight folds the weight in before the cast back; in fp32 there is no cast, so the
         # fused call is exact, while in half precision transformers multiplies by the weight after the cast
         self._norm_has_weight = self.dtype == torch.float32
@@ -238,7 +250,13 @@ class LeanCausalLM(nn.Module):
 
     def reset(self) -> None:
         """Empty the KV cache (the next prefill starts at position 0)."""
-        self.length = 0
+        self.length, self.hidden, self._verified = 0, None, None
+
+    def crop(self, n: int) -> None:
+        """Forget the cached positions n and after (the next token goes to position n)."""
+        if not 0 <= n <= self.length:
+            raise RidgelineError(f"crop: the cache holds {self.length} tokens, cannot keep {n}")
+        self.length, self._verified = n, None
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """RMSNorm with transformers' numerics (fp32 statistics, cast back, then times the weight)."""
@@ -257,28 +275,23 @@ class LeanCausalLM(nn.Module):
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.scaling)
 
-    @torch.inference_mode()
-    def prefill(self, input_ids: torch.LongTensor) -> torch.Tensor:
-        """Run a (1, P) prompt chunk through the model, continuing the cache; its last position's logits (1, vocab)."""
-        if input_ids.dim() != 2 or input_ids.shape[0] != 1 or input_ids.shape[1] < 1:
-            raise RidgelineError(f"prefill takes input_ids of shape (1, P) with P >= 1, got {tuple(input_ids.shape)}")
-        start, n = self.length, input_ids.shape[1]
-        if start + n > self.max_len:
-            raise RidgelineError(f"KV cache full: {start} + {n} tokens > max_len {self.max_len}")
+    def _check_room(self, n: int) -> None:
+        if self.length + n > self.max_len:
+            raise RidgelineError(f"KV cache full: {self.length} + {n} tokens > max_len {self.max_len}")
+
+    def _layers(self, x: torch.Tensor, start: int, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        """Run n new positions (embedded `x`, (1, n, hidden)) through every layer after `start` cached ones; their
+        K/V land in slots start..start+n-1. `mask` (n, start+n) bool or float additive; None: causal from 0."""
         hq, hkv, hd, nh = self.n_heads, self.n_kv_heads, self.head_dim, self.n_all_heads
-        cos, sin = self.cos[:, start:start + n], self.sin[:, start:start + n]
-        mask = None
-        if start:
-            rows = torch.arange(start, start + n, device=input_ids.device)[:, None]
-            mask = torch.arange(start + n, device=input_ids.device)[None] <= rows
-        x = F.embedding(input_ids, self.embed)
+        n = x.shape[1]
         for i, layer in enumerate(self.layers):
             h = self._norm(x, layer.attn_norm)
             qkv = layer.wqkv(h).view(1, n, nh, hd).transpose(1, 2)
             y = qkv * cos + torch.roll(qkv, hd // 2, -1) * sin
             kv = self.kv[i]
             kv[:, :, start:start + n].copy_(y[:, hq:])
-            if start:
+            if mask is not None:
                 a = self._attend(y[:, :hq], kv[:, :hkv, :start + n], kv[:, hkv:, :start + n], False, mask)
             else:
                 a = self._attend(y[:, :hq], y[:, hq:hq + hkv], y[:, hq + hkv:], True)
@@ -286,8 +299,58 @@ class LeanCausalLM(nn.Module):
             h = self._norm(x, layer.ffn_norm)
             gate, up = layer.w13(h).chunk(2, -1)
             x = x + layer.w2(F.silu(gate) * up)
-        self.length = start + n
-        return self.lm_head(self._norm(x[:, -1:], self.norm)).view(1, -1)
+        return x
+
+    @torch.inference_mode()
+    def prefill(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        """Run a (1, P) prompt chunk through the model, continuing the cache; its last position's logits (1, vocab).
+        `hidden` holds that position's post-norm hidden state (1, hidden)."""
+        if input_ids.dim() != 2 or input_ids.shape[0] != 1 or input_ids.shape[1] < 1:
+            raise RidgelineError(f"prefill takes input_ids of shape (1, P) with P >= 1, got {tuple(input_ids.shape)}")
+        start, n = self.length, input_ids.shape[1]
+        self._check_room(n)
+        cos, sin = self.cos[:, start:start + n], self.sin[:, start:start + n]
+        mask = None
+        if start:
+            rows = torch.arange(start, start + n, device=input_ids.device)[:, None]
+            mask = torch.arange(start + n, device=input_ids.device)[None] <= rows
+        x = self._layers(F.embedding(input_ids, self.embed), start, cos, sin, mask)
+        self.length, self._verified = start + n, None
+        self.hidden = self._norm(x[:, -1:], self.norm).view(1, -1)
+        return self.lm_head(self.hidden).view(1, -1)
+
+    @torch.inference_mode()
+    def verify(self, tokens: torch.LongTensor, positions: torch.LongTensor,
+               visibility: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append M tokens after the L cached ones (slots L..L+M-1) at rope `positions` [M]; token i attends every
+        cached position and the new tokens j with visibility[i, j] (a bool [M, M] whose diagonal is True).
+        Returns every new token's logits [M, vocab] and post-norm hidden state [M, hidden]; the cache length is
+        L+M until `keep` chooses which of them stay."""
+        m = _check_verify(tokens, positions, visibility, self.max_len)
+        start = self.length
+        self._check_room(m)
+        pos = positions.reshape(-1)
+        cos, sin = self.cos[:, pos], self.sin[:, pos]
+        # a float additive mask: prefix all visible, the new tokens as `visibility` says (exact with SDPA's kernels)
+        mask = torch.zeros(m, start + m, dtype=self.dtype, device=self.kv.device)
+        mask[:, start:].masked_fill_(~visibility.to(self.kv.device), torch.finfo(self.dtype).min)
+        x = self._layers(F.embedding(tokens.reshape(1, m), self.embed), start, cos, sin, mask)
+        self.length, self._verified = start + m, start
+        self.hidden = self._norm(x, self.norm).view(m, -1)
+        return self.lm_head(self.hidden), self.hidden
+
+    @torch.inference_mode()
+    def keep(self, indices: torch.LongTensor) -> None:
+        """After `verify` from length L: keep the new tokens at slots L+indices[k] as L+k (in that order, which must
+        be increasing) and set the length to L+len(indices); the other verified tokens are dropped."""
+        start = self._verified
+        if start is None:
+            raise RidgelineError("keep follows verify: no verified tokens to keep")
+        idx = _check_keep(indices, self.length - start)
+        n = idx.numel()
+        if n and not torch.equal(idx, torch.arange(n)):
+            self.kv[:, :, :, start:start + n] = self.kv.index_select(3, (idx + start).to(self.kv.device))
+        self.length, self._verified = start + n, None
 
     @torch.inference_mode()
     def decode(self, token: torch.LongTensor) -> torch.Tensor:
@@ -325,8 +388,37 @@ class LeanCausalLM(nn.Module):
             h = rms_norm(x, shape, layer.ffn_norm, eps) if fold else rms_norm(x, shape, None, eps) * layer.ffn_norm
             gate, up = layer.w13.forward(h).chunk(2, -1)
             x += layer.w2.forward(silu(gate, inplace=True).mul_(up))
-        self.length = n
-        return self.lm_head.forward(self._norm(x, self.norm)).view(1, -1)
+        self.length, self._verified = n, None
+        self.hidden = self._norm(x, self.norm).view(1, -1)
+        return self.lm_head.forward(self.hidden).view(1, -1)
+
+
+def _check_verify(tokens: torch.Tensor, positions: torch.Tensor, visibility: torch.Tensor, max_len: int) -> int:
+    """M, after checking the shapes and ranges of a verify call (RidgelineError names the bad argument)."""
+    m = tokens.numel()
+    if m < 1 or tokens.dim() > 2 or (tokens.dim() == 2 and tokens.shape[0] != 1):
+        raise RidgelineError(f"verify takes M >= 1 tokens as [M] or [1, M], got shape {tuple(tokens.shape)}")
+    if positions.numel() != m:
+        raise RidgelineError(f"verify: {positions.numel()} positions for {m} tokens")
+    if m and (int(positions.min()) < 0 or int(positions.max()) >= max_len):
+        raise RidgelineError(f"verify: positions must lie in [0, {max_len}), got [{int(positions.min())}, "
+                             f"{int(positions.max())}]")
+    if visibility.shape != (m, m) or visibility.dtype != torch.bool:
+        raise RidgelineError(f"verify: visibility must be a bool [{m}, {m}] tensor, got {visibility.dtype} "
+                             f"{tuple(visibility.shape)}")
+    if not bool(visibility.diagonal().all()):
+        raise RidgelineError("verify: every token must see itself (visibility's diagonal all True)")
+    return m
+
+
+def _check_keep(indices: torch.Tensor | list[int], verified: int) -> torch.Tensor:
+    """`indices` as a 1-D int64 tensor, checked to be increasing and within the `verified` new tokens."""
+    idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= verified):
+        raise RidgelineError(f"keep: indices must lie in [0, {verified}), got {idx.tolist()}")
+    if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
+        raise RidgelineError(f"keep: indices must be increasing, got {idx.tolist()}")
+    return idx
 
 
 @torch.inference_mode()

@@ -4,7 +4,10 @@ For the scenario that actually ran, the Workload gives the phase's FLOPs F and b
 intensity I = F/B). With the measured phase time t:
     achieved = F / t,   attainable = min(peak, I · BW),   Φ = achieved / attainable,
     bandwidth utilisation = B / t / BW.
-This is ridgeline's own definition (RooflineBench's exact formula was never published). Φ > 1 cannot
+This is ridgeline's own definition (RooflineBench's exact formula was never published). A speculative run is
+placed with its measured speculation (tokens verified and accepted per step, Medusa heads) in the Workload, so
+F and B are what its verify steps moved; its placement also carries the roofline's predicted speedup (plain
+decode time / speculative decode time on that roof). Φ > 1 cannot
 happen if F, B and the roof are right, so it is reported as a modelling error naming the suspect term:
 achieved FLOP/s above the peak points at the FLOP count or the compute roof; bytes per second above
 the bandwidth points at the byte count (e.g. weights that stay cache-resident) or the bandwidth roof.
@@ -12,13 +15,14 @@ the bandwidth points at the byte count (e.g. weights that stay cache-resident) o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ridgeline.measure.bench import BenchRecord
 from ridgeline.measure.stats import Stat, summarize
 from ridgeline.roofline import Options, Prediction, Workload, build_workload, evaluate
-from ridgeline.specs import DeviceSpec, ModelSpec, Precision, spec_from_config, spec_from_gguf, with_stored_formats
+from ridgeline.specs import (DeviceSpec, ModelSpec, Precision, Speculation, spec_from_config, spec_from_gguf,
+                             with_stored_formats)
 
 _FLOAT_GGUF = {"f32", "f16", "bf16"}  # ggml type names as TensorSpec holds them
 
@@ -70,14 +74,25 @@ class RunPhi:
     prediction: Prediction
     prefill: PhasePhi
     decode: PhasePhi
+    plain_decode_s: float | None = None  # speculative runs: the roofline's time of plain decoding on this roof
+
+    @property
+    def predicted_speedup(self) -> float | None:
+        """Speculative runs: plain decode time / speculative decode time, both predicted on this roof."""
+        if self.plain_decode_s is None or not self.decode.predicted_s:
+            return None
+        return self.plain_decode_s / self.decode.predicted_s
 
     def to_json(self) -> dict:
         """JSON form, with the roof used."""
         d = self.device
-        return {"role": self.role, "device": d.id, "device_name": d.name, "provenance": d.provenance.kind,
-                "bandwidth_Bps": d.bandwidth_Bps, "peak_flops": self.prediction.peak_flops,
-                "peak_dtype": self.prediction.peak_dtype,
-                "prefill": self.prefill.to_json(), "decode": self.decode.to_json()}
+        out = {"role": self.role, "device": d.id, "device_name": d.name, "provenance": d.provenance.kind,
+               "bandwidth_Bps": d.bandwidth_Bps, "peak_flops": self.prediction.peak_flops,
+               "peak_dtype": self.prediction.peak_dtype,
+               "prefill": self.prefill.to_json(), "decode": self.decode.to_json()}
+        if self.plain_decode_s is not None:
+            out.update(plain_decode_predicted_s=self.plain_decode_s, predicted_speedup=self.predicted_speedup)
+        return out
 
 
 def _gguf_spec(record: BenchRecord) -> ModelSpec:
@@ -113,8 +128,22 @@ def weights_label(record: BenchRecord) -> str:
     return c.most_common(1)[0][0]
 
 
-def record_workload(record: BenchRecord, options: Options | None = None) -> Workload:
-    """The Workload of exactly the scenario that ran, on the model that ran (its layers, its formats)."""
+def record_speculation(record: BenchRecord) -> Speculation | None:
+    """The speculation a run measured: mean tokens verified (rounded) and accepted per step, Medusa heads run."""
+    if record.config.spec is None:
+        return None
+    steps = [t for s in record.samples for t in s.tokens_per_step]
+    if not steps:
+        return None
+    tokens = max(1, round(record.verified_per_step))
+    info = record.speculative or {}
+    return Speculation(tokens, min(float(tokens), sum(steps) / len(steps)), int(info.get("heads", 0)),
+                       bool(info.get("untied", False)), int(info.get("draft_vocab") or 0))
+
+
+def record_workload(record: BenchRecord, options: Options | None = None, plain: bool = False) -> Workload:
+    """The Workload of exactly the scenario that ran, on the model that ran (its layers, its formats); a
+    speculative run's with its measured speculation, unless `plain`."""
     if record.config.backend == "torch":
         spec = spec_from_config(record.model_config, record.model_name, record.model_source)
         quant = record.model_config.get("ridgeline_quant")
@@ -122,7 +151,11 @@ def record_workload(record: BenchRecord, options: Options | None = None) -> Work
             spec = with_stored_formats(spec, quant["tensor_formats"], record.config.dtype)
     else:
         spec = _gguf_spec(record)
-    return build_workload(spec, record.config.scenario, record_precision(record), options)
+    scenario = record.config.scenario
+    speculation = None if plain else record_speculation(record)
+    if speculation is not None:
+        scenario = replace(scenario, speculation=speculation)
+    return build_workload(spec, scenario, record_precision(record), options)
 
 
 def _flags(achieved_flops: float, peak: float, bytes_per_s: float, bw: float) -> tuple[str, ...]:
@@ -163,4 +196,7 @@ def place(record: BenchRecord, device: DeviceSpec, role: str, options: Options |
                          pred.peak_flops, bw)
     decode = _phase_phi("decode", pred.decode, [s.decode_s for s in record.samples], pred.decode.time_s,
                         pred.peak_flops, bw)
-    return RunPhi(device, role, pred, prefill, decode)
+    plain = None
+    if record_speculation(record) is not None:
+        plain = evaluate(record_workload(record, options, plain=True), device).decode.time_s
+    return RunPhi(device, role, pred, prefill, decode, plain)

@@ -5,6 +5,9 @@ what ran, machine, every sample, summaries, the roofline placements), and `COLUM
 the flat row with the one place in that record it comes from. Tables (`ridgeline.report`), the CSV, the
 sweep plots and the HTML page all read flat rows, so a saved results file renders exactly as a fresh run.
 Flat-row keys per roof end in `_probe` (the measured roof) or `_catalogue` (the host's catalogue entry).
+Speculative runs fill `spec`, `tokens_per_step` (per verify step, the base's own token counted),
+`verified_per_step` and, per roof, `predicted_speedup` (the roofline's plain / speculative decode time); plain
+runs leave them empty (None).
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ class Column:
 
 
 def run_label(r: dict) -> str:
-    """'torch bf16', 'torch-hf fp32', 'torch bf16 · rtn int8_pc (_weight_int8pack_mm)' or 'llama.cpp Q4_1'."""
+    """'torch bf16', 'torch-hf fp32', 'torch bf16 · rtn int8_pc (_weight_int8pack_mm)', 'torch fp32 · medusa greedy'
+    or 'llama.cpp Q4_1'."""
     p = r["params"]
     if p["backend"] == "llamacpp":
         return f"llama.cpp {r.get('weights', '').upper()}".strip()
@@ -57,7 +61,7 @@ def run_label(r: dict) -> str:
     label = f"torch{'-hf' if r['impl'].startswith('transformers') else ''} {p['dtype']}"
     # a quantized model: its weight precision (method, format, kernel or "emulated") after the activations' dtype
     parts = [label] + ([] if weights == p["dtype"] else [weights])
-    return " · ".join(parts + _variant_labels(p))
+    return " · ".join(parts + _variant_labels(p) + ([p["spec"]["label"]] if p.get("spec") else []))
 
 
 def _variant_labels(p: dict) -> list[str]:
@@ -120,6 +124,8 @@ def _roof_columns(role: str) -> tuple[Column, ...]:
         Column("predicted_decode_tokens_per_s", "the roofline's decode tokens/s", on(predicted_tps)),
         Column("decode_error", "|predicted - measured| / measured decode time",
                on(lambda r, x: x["decode"]["prediction_error"])),
+        Column("predicted_speedup", "speculative runs: the roofline's plain / speculative decode time",
+               on(lambda r, x: x.get("predicted_speedup"))),
     ]
     for ph in ("prefill", "decode"):
         cols += [
@@ -142,6 +148,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("dtype", "torch weights/activations dtype (llama.cpp: stored)", lambda r: r["params"]["dtype"]),
     Column("weights", "weight format as run", lambda r: r.get("weights", r["params"]["dtype"])),
     Column("variant", "KV format, window and K/V heads, as labels", lambda r: " · ".join(_variant_labels(r["params"]))),
+    Column("spec", "speculative decoding: drafter and acceptance (empty: plain decoding)",
+           lambda r: (r["params"].get("spec") or {}).get("label", "")),
     Column("scenario", "scenario name", lambda r: r["params"]["scenario"]["name"]),
     Column("prompt", "prompt tokens", lambda r: r["params"]["scenario"]["prompt"]),
     Column("generate", "generated tokens", lambda r: r["params"]["scenario"]["generate"]),
@@ -156,6 +164,10 @@ COLUMNS: tuple[Column, ...] = (
     Column("decode_tokens_per_s_max", "decode tokens/s, fastest repeat",
            _stat("summary", "decode_tokens_per_s", key="max")),
     Column("decode_s_per_token", "decode time per token, median", _stat("summary", "decode_s_per_token")),
+    Column("tokens_per_step", "speculative: tokens per verify step (the base's own token counted), median over "
+           "repeats", lambda r: r["summary"]["tokens_per_step"]["median"] if r.get("speculative") else None),
+    Column("verified_per_step", "speculative: tokens verified per step (root + drafts), mean",
+           lambda r: r["speculative"]["verified_per_step"] if r.get("speculative") else None),
     Column("decode_bytes_per_token", "bytes a decode step moves (Workload)",
            lambda r: r["workload"]["decode_bytes_per_token"] if r.get("workload") else None),
     Column("decode_intensity", "decode FLOP/B per token (Workload)", _decode_intensity),

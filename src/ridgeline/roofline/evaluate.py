@@ -122,7 +122,8 @@ def _phase(phase: Phase, peak: float, bw: float, weight_bw: float) -> PhaseResul
     time_s = float(sum(o.time_s for o in ops))
     if phase.steps == 0:
         step_times = np.zeros(0)
-    return PhaseResult(phase.name, phase.steps, phase.steps * phase.tokens_per_step, flops, by_kind, attainable,
+    tokens = phase.tokens if phase.tokens is not None else phase.steps * phase.tokens_per_step
+    return PhaseResult(phase.name, phase.steps, tokens, flops, by_kind, attainable,
                        "compute" if oi * bw >= peak else "memory", time_s, step_times, tuple(ops))
 
 
@@ -169,9 +170,11 @@ def prediction_json(p: Prediction, per_operator: bool = False) -> dict:
             "tokens_per_s": ph.tokens_per_s,
         }
     d = p.decode
+    # per generated token (a speculative step yields several; first and last stay per step)
+    per = d.tokens // w.scenario.batch if w.scenario.speculation is not None else d.steps
     out["phases"]["decode"]["time_per_token_s"] = {
         "first": float(d.step_times_s[0]) if d.steps else 0.0,
-        "mean": d.time_s / d.steps if d.steps else 0.0,
+        "mean": d.time_s / per if per else 0.0,
         "last": float(d.step_times_s[-1]) if d.steps else 0.0,
     }
     if per_operator:

@@ -14,17 +14,20 @@ plot` and a Python user get the same numbers from the same defaults:
   'self:K' (its first K layers and a keep/drop head: a learned scorer), 'MODEL' or 'MODEL:K' (another model),
   or `compressor_flops` FLOPs per prompt token. `compression_summary` sets the result beside the uncompressed
   prompt: TTFT, total time and KV memory saved.
+* `speculation` makes the decode speculative (tokens verified and accepted per step, Medusa heads);
+  `speculative_speedup` compares it with plain decoding on the same device.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from ridgeline.errors import RidgelineError
 from ridgeline.roofline.evaluate import Prediction, evaluate
 from ridgeline.roofline.workload import Compressor, Options, build_workload
-from ridgeline.specs import (DeviceSpec, ModelSpec, Precision, Scenario, get_device, get_format, load_spec,
+from ridgeline.specs import (DeviceSpec, ModelSpec, Precision, Scenario, Speculation, get_device, get_format, load_spec,
                              parse_scenario)
 
 #: the keep/drop head size `ridgeline.compress` trains by default (priced for 'MODEL:K' compressors)
@@ -71,13 +74,14 @@ def predict(model: str | ModelSpec, device: str | DeviceSpec, scenario: str | Sc
             kv: str | None = None, compute: str | None = None, options: Options | None = None,
             layers: int | None = None, window: int | None = None, kv_heads: int | None = None,
             device_files: Sequence[str | Path] = (), compress: float | None = None, compressor: str | None = None,
-            compressor_flops: float | None = None) -> Prediction:
+            compressor_flops: float | None = None, speculation: Speculation | None = None) -> Prediction:
     """Predict prefill and decode of `model` on `device` for `scenario`: every operator's FLOPs, bytes and time.
 
     `model` is a config.json, model folder, .gguf file, catalogue id or a ModelSpec; `device` a catalogue id,
     'local', a device file or a DeviceSpec; `scenario` SISO/LISO/SILO/LILO, 'P:N' or a Scenario (`batch`
     applies to a string). Give `precision`, or the formats one by one (`weights`, `acts`, `kv`, `compute`).
     `compress`, `compressor` and `compressor_flops`: see the module docstring.
+    A `speculation` makes the decode speculative (k tokens verified, a accepted per step).
     """
     spec = load_spec(model) if isinstance(model, str) else model
     spec = variant_spec(spec, layers, window, kv_heads)
@@ -86,6 +90,8 @@ def predict(model: str | ModelSpec, device: str | DeviceSpec, scenario: str | Sc
     comp = None
     if compress is not None or compressor is not None or compressor_flops is not None:
         sc, comp = compressed(sc, spec, compress, compressor, compressor_flops)
+    if speculation is not None:
+        sc = replace(sc, speculation=speculation)
     prec = precision or default_precision(spec, weights, acts, kv, compute)
     return evaluate(build_workload(spec, sc, prec, options, comp), dev)
 
@@ -99,7 +105,7 @@ def compressed(sc: Scenario, spec: ModelSpec, rate: float | None, compressor: st
         raise RidgelineError(f"compression rate must be a number > 1 (2: half the prompt), got {rate!r}")
     if compressor is not None and flops is not None:
         raise RidgelineError("give --compressor or --compressor-flops, not both")
-    sc = Scenario(sc.prompt, sc.generate, sc.batch, sc.name, float(rate))
+    sc = replace(sc, compress=float(rate))
     if flops is not None:
         return sc, Compressor(f"{flops:g} FLOP/token", flops_per_token=float(flops))
     if compressor is None:
@@ -125,7 +131,7 @@ def compression_summary(pred: Prediction) -> dict:
     """A compressed prediction beside the same scenario uncompressed: tokens, compressor cost, TTFT, time, KV."""
     w = pred.workload
     sc = w.scenario
-    base = evaluate(build_workload(w.model, Scenario(sc.prompt, sc.generate, sc.batch, sc.name), w.precision,
+    base = evaluate(build_workload(w.model, replace(sc, compress=1.0), w.precision,
                                    w.options), pred.device)
     comp_ops = [o for o in pred.prefill.ops if o.group.startswith("compressor")]
     comp_s = sum(o.time_s for o in comp_ops)
@@ -138,3 +144,14 @@ def compression_summary(pred: Prediction) -> dict:
             "kv_bytes": w.kv_bytes, "kv_bytes_uncompressed": base.workload.kv_bytes,
             "kv_saved_bytes": base.workload.kv_bytes - w.kv_bytes,
             "kv_saved_fraction": 1 - w.kv_bytes / base.workload.kv_bytes if base.workload.kv_bytes else 0.0}
+
+
+def speculative_speedup(speculative: Prediction) -> tuple[Prediction, float]:
+    """(the plain-decoding prediction of the same workload on the same device, plain / speculative decode time)."""
+    w = speculative.workload
+    if w.scenario.speculation is None:
+        raise RidgelineError("speculative_speedup needs a prediction made with a speculation")
+    plain = evaluate(build_workload(w.model, replace(w.scenario, speculation=None), w.precision, w.options,
+                                    w.compressor),
+                     speculative.device)
+    return plain, (plain.decode.time_s / speculative.decode.time_s if speculative.decode.time_s else 0.0)

@@ -17,8 +17,15 @@ cache. A `Compressor` adds its own cost to the prefill phase as operators named 
 `compressor ...`): a model over the full P prompt tokens, either whole with its LM head at every position
 (self-information, Selective Context / LLMLingua scoring) or cut to its first K layers plus a keep/drop head
 of 2h x head_hidden x 1 (a learned scorer, ridgeline.compress), or an opaque number of FLOPs per prompt token.
-"""
 
+Speculative decoding (`Scenario.speculation`, see `ridgeline.specs.scenario`): the decode phase has
+ceil(N / accepted) steps, each a forward over `tokens` new tokens (the tree or chain verified at once) with the
+lm_head on every one of them; step j starts from P + floor(accepted * j) cached tokens. The verified tokens are
+counted as a causal chunk (a tree token attends only its ancestors: the chunk's within-step keys are an upper
+bound, a small term). Medusa heads add K ResBlocks and K rows through their projection per step
+(`draft_heads`, `draft_lm_head`: the shared lm_head — or its draft-vocabulary rows — is streamed a second time,
+as the heads run after the acceptance). The phase's `tokens` are the N generated tokens, not steps × tokens verified.
+"""
 
 from __future__ import annotations
 
@@ -129,6 +136,7 @@ class Phase:
     tokens_per_step: int
     contexts: np.ndarray  # tokens already cached, per step
     ops: list[Operator]
+    tokens: int | None = None  # tokens the phase yields, when not steps × tokens_per_step (speculative decode)
 
     @property
     def flops(self) -> float:
@@ -271,15 +279,23 @@ def build_workload(model: ModelSpec, scenario: Scenario, precision: Precision | 
             kv_fmt.check_row(d, f"KV cache ({precision.kv})")
 
     groups = _group_layers(model, tbytes)
+    spec = scenario.speculation
+    if spec is None:
+        decode = (1, P + np.arange(max(N, 0)))
+    else:
+        decode = (spec.tokens, P + np.floor(spec.accepted * np.arange(spec.steps(N)) + 1e-9).astype(np.int64))
     phases = []
-    for name, s, contexts in (("prefill", P, np.array([0])), ("decode", 1, P + np.arange(max(N, 0)))):
+    for name, s, contexts in (("prefill", P, np.array([0])), ("decode", *decode)):
         steps = len(contexts)
+        speculative = name == "decode" and spec is not None
         ops: list[Operator] = []
         if steps:
-            ops += ctx.model_ops(s, tbytes[None], fmts, name)
+            ops += ctx.model_ops(s, tbytes[None], fmts, name, every_logit=speculative)
+            if speculative and spec.heads:
+                ops += ctx.draft_head_ops(spec, tbytes[None])
             for label, idx, layer in groups:
                 ops += ctx.layer_ops(layer, s, contexts, tbytes[idx[0]], label, len(idx), name)
-        phases.append(Phase(name, steps, b * s, contexts, ops))
+        phases.append(Phase(name, steps, b * s, contexts, ops, b * N if speculative else None))
     activation = _activation_peak(model, scenario, options, a)
     if compressor is not None:
         if scenario.compress == 1:
@@ -399,11 +415,11 @@ class _Ctx:
 
     # -- model-level operators -------------------------------------------------------------------
 
-    def model_ops(self, s: int, tb: dict[str, float], fmts, phase: str) -> list[Operator]:
+    def model_ops(self, s: int, tb: dict[str, float], fmts, phase: str, every_logit: bool = False) -> list[Operator]:
         m, a, b = self.m, self.a, self.b
         T, h, V = b * s, m.hidden, m.vocab
         embd_bytes_per_row = tb["token_embd"] / V
-        s_out = b * (1 if self.opt.logits == "last" else s)
+        s_out = b * (1 if self.opt.logits == "last" and not every_logit else s)
         head = tb["token_embd"] if m.tied else tb["output"]
         return [
             # a lookup: only the rows of the tokens in this step are read
@@ -413,6 +429,16 @@ class _Ctx:
             self.op("lm_head", "gemm", "model", 1, 2.0 * s_out * h * V, weights=head,
                     acts=s_out * (h + V) * a, shape=GemmShape(s_out, h, V)),
         ]
+
+    def draft_head_ops(self, spec, tb: dict[str, float]) -> list[Operator]:
+        """Medusa heads per speculative step: K ResBlocks (d x d and a bias each) on one hidden state, then K rows
+        through the shared lm_head (streamed again) or through K untied projections (in the activation format)."""
+        m, a, K = self.m, self.a, spec.heads
+        h, V = m.hidden, m.vocab
+        rows = min(spec.draft_vocab or V, V)  # a restricted draft vocabulary streams only its rows
+        head = K * rows * h * a if spec.untied else (tb["token_embd"] if m.tied else tb["output"]) * rows / V
+        return [self._gemm("draft_heads", "model", 1, K, h, h, K * (h * h + h) * a, bias=True),
+                self._gemm("draft_lm_head", "model", 1, K, h, rows, head)]
 
     # -- one layer ---------------------------------------------------------------------------------
 

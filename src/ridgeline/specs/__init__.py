@@ -15,11 +15,11 @@ from ridgeline.specs.formats import (KV_FORMAT_HELP, KVFormat, NumberFormat, get
 from ridgeline.specs.model import (MLA, Attention, AttentionDims, FFN, Layer, ModelSpec, MoE, TensorSpec, attention_dims, spec_from_config,
                                    with_stored_formats)
 from ridgeline.specs.recipes import RECIPES, RecipeContext, is_recipe, tensor_type
-from ridgeline.specs.scenario import GRID, Precision, Scenario, parse_scenario
+from ridgeline.specs.scenario import GRID, Precision, Scenario, Speculation, parse_scenario
 from ridgeline.specs.source import (BUNDLED_ID, ModelRef, bundled_gguf, load_spec, parse_model_ref)
 
 __all__ = ["Attention", "AttentionDims", "FFN", "KV_FORMAT_HELP", "Layer", "MLA", "MoE", "BUNDLED_ID", "DTYPES", "DeviceSpec", "GGUFHeader", "GGUFTensor", "GRID", "KVFormat", "ModelRef", "ModelSpec",
-           "NumberFormat", "Precision", "Provenance", "RECIPES", "RecipeContext", "Scenario", "TensorSpec", "attention_dims",
+           "NumberFormat", "Precision", "Provenance", "RECIPES", "RecipeContext", "Scenario", "Speculation", "TensorSpec", "attention_dims",
            "bundled_gguf", "catalogue", "catalogue_spec", "get_device", "get_format", "get_kv_format",
            "host_device", "is_recipe", "list_format_names", "list_formats", "load_device_file", "load_spec",
            "model_index", "model_rows", "parse_model_ref", "parse_scenario", "read_gguf_header", "read_gguf_kv", "spec_from_config", "spec_from_gguf", "tensor_type",

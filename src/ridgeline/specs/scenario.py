@@ -1,4 +1,14 @@
-"""Scenarios (prompt, generated tokens, batch) and precisions (weights, activations, KV cache)."""
+"""Scenarios (prompt, generated tokens, batch, optionally a compressed prompt or speculative decode steps) and
+precisions (weights, activations, KV cache).
+
+A `Speculation` makes the decode phase speculative: every step verifies `tokens` tokens in one forward (the
+base's own next token plus the drafts) and keeps `accepted` of them on average (the base's own token counted, so
+1 <= accepted <= tokens; plain decoding is tokens = accepted = 1), so N generated tokens take ceil(N / accepted)
+steps. `heads` Medusa heads draft from the last hidden state each step (K ResBlocks, and K rows through the
+vocabulary projection: the shared lm_head streamed once more per step, or K untied projections — only its
+`draft_vocab` rows when the heads draft from a restricted vocabulary). Other drafters (prompt lookup: free; a draft
+model: its own forwards) are not counted.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +23,42 @@ GRID = {"SISO": (128, 128), "LISO": (4096, 128), "SILO": (128, 4096), "LILO": (4
 
 
 @dataclass(frozen=True)
+class Speculation:
+    """Speculative decode steps: `tokens` verified and `accepted` kept per step (see the module docstring)."""
+
+    tokens: int
+    accepted: float
+    heads: int = 0
+    untied: bool = False
+    draft_vocab: int = 0  # rows of the heads' projection streamed per step (0: the model's whole vocabulary)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.draft_vocab, bool) or not isinstance(self.draft_vocab, int) or self.draft_vocab < 0:
+            raise RidgelineError(f"draft vocabulary must be an integer >= 0 (0: the whole vocabulary), "
+                                 f"got {self.draft_vocab!r}")
+        if isinstance(self.tokens, bool) or not isinstance(self.tokens, int) or self.tokens < 1:
+            raise RidgelineError(f"speculative tokens verified per step must be an integer >= 1, got {self.tokens!r}")
+        a = self.accepted
+        if not (isinstance(a, (int, float)) and math.isfinite(a) and 1 <= a <= self.tokens):
+            raise RidgelineError(f"speculative tokens accepted per step must be between 1 and the {self.tokens} "
+                                 f"verified, got {a!r}")
+        if isinstance(self.heads, bool) or not isinstance(self.heads, int) or self.heads < 0:
+            raise RidgelineError(f"Medusa heads must be an integer >= 0, got {self.heads!r}")
+
+    def steps(self, generate: int) -> int:
+        """Verify steps that yield `generate` tokens: ceil(generate / accepted)."""
+        return math.ceil(generate / self.accepted - 1e-9) if generate else 0
+
+    def to_json(self) -> dict:
+        """JSON form used in records."""
+        return {"tokens": self.tokens, "accepted": self.accepted, "heads": self.heads, "untied": self.untied,
+                "draft_vocab": self.draft_vocab}
+
+
+@dataclass(frozen=True)
 class Scenario:
-    """Prefill of `prompt` tokens, then `generate` decode steps on the same cache, for `batch` sequences.
+    """Prefill of `prompt` tokens, then `generate` decode steps on the same cache, for `batch` sequences
+    (speculative steps with a `speculation`).
 
     With `compress` = r > 1 the prompt is compressed before the prefill: the model prefills and caches
     round(prompt / r) tokens (at least 1, as `ridgeline.compress` keeps them); 1 means no compression.
@@ -25,6 +69,7 @@ class Scenario:
     batch: int = 1
     name: str = ""
     compress: float = 1.0
+    speculation: Speculation | None = None
 
     def __post_init__(self) -> None:
         if self.prompt < 1 or self.generate < 0 or self.batch < 1:
@@ -34,6 +79,8 @@ class Scenario:
         c = self.compress
         if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 1:
             raise RidgelineError(f"compression rate must be a number >= 1 (1: none, 2: half the prompt), got {c!r}")
+        if self.speculation is not None and self.batch != 1:
+            raise RidgelineError("speculative decoding is modelled at batch 1")
 
     @property
     def prefill_tokens(self) -> int:
@@ -51,10 +98,13 @@ class Scenario:
         return self.prefill_tokens + self.generate
 
     def to_json(self) -> dict:
-        """JSON form used in records (`compress` and `prefill_tokens` only when the prompt is compressed)."""
+        """JSON form used in records (`compress` and `prefill_tokens` only when the prompt is compressed,
+        `speculation` only when set)."""
         out = {"name": self.label, "prompt": self.prompt, "generate": self.generate, "batch": self.batch}
         if self.compress != 1:
             out.update(compress=self.compress, prefill_tokens=self.prefill_tokens)
+        if self.speculation is not None:
+            out["speculation"] = self.speculation.to_json()
         return out
 
 

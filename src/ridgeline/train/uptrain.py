@@ -139,7 +139,7 @@ def lm_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _deferred_sigint() -> Iterator[Callable[[], bool]]:
+def deferred_sigint() -> Iterator[Callable[[], bool]]:
     """Turn the first Ctrl-C into a flag checked between steps (main thread only); restore the handler after."""
     hit = threading.Event()
     if threading.current_thread() is not threading.main_thread():
@@ -193,7 +193,7 @@ def uptrain(model: nn.Module, ids: torch.Tensor, config: UptrainConfig | None = 
             p.requires_grad_(True)
         opts = _optimizers(model, params, cfg)
         model.train()
-        with _deferred_sigint() as stop_requested:
+        with deferred_sigint() as stop_requested:
             for step in range(cfg.steps):
                 if stop_requested():
                     interrupted = True
