@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from ridgeline.cli.common import JSON, app, command, console, csv_list, dumps, progress, say, writing
+from ridgeline.cli.common import JSON, app, command, console, csv_list, dumps, say, writing
+from ridgeline.cli.progress import progress
 from ridgeline.errors import RidgelineError
 
 

@@ -8,8 +8,8 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
-from ridgeline.cli.common import (app, command, console, csv_list, dumps, err_console, progress, say, write_record,
-                                  writing)
+from ridgeline.cli.common import app, command, console, csv_list, dumps, err_console, say, write_record, writing
+from ridgeline.cli.progress import progress
 from ridgeline.errors import RidgelineError
 
 

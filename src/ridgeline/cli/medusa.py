@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from ridgeline.cli.common import app, command, console, dumps, err_console, progress, say, write_record
+from ridgeline.cli.common import app, command, console, dumps, err_console, say, write_record
+from ridgeline.cli.progress import progress
 
 medusa_app = typer.Typer(no_args_is_help=True, help="Medusa heads: train (self-distillation), accuracy, tree.")
 app.add_typer(medusa_app, name="medusa")
