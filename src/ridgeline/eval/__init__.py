@@ -1,6 +1,9 @@
 """Quality: perplexity, cloze and multiple-choice scoring with lm-eval semantics, on an offline corpus."""
 
+from ridgeline.eval.cloze import build_cloze, evaluate_cloze
+from ridgeline.eval.next_line import build_next_line_task, evaluate_next_line, is_text_line
 from ridgeline.eval.perplexity import PerplexityConfig, PerplexityResult, perplexity
 from ridgeline.eval.run import EvalConfig, parse_tasks, run_eval, task_files_from_dir
 
-__all__ = ["PerplexityConfig", "PerplexityResult", "perplexity", "EvalConfig", "parse_tasks", "run_eval", "task_files_from_dir"]
+__all__ = ["PerplexityConfig", "PerplexityResult", "perplexity", "EvalConfig", "parse_tasks", "run_eval", "task_files_from_dir",
+           "build_cloze", "evaluate_cloze", "build_next_line_task", "evaluate_next_line", "is_text_line"]
