@@ -1,15 +1,24 @@
 """Training: uptraining after architecture transforms, GQA conversion measured per stage, and distillation
-(KD on cached teacher top-k logits, LoRA through peft, AdamW or Muon)."""
+(KD on cached teacher top-k logits, LoRA through peft, AdamW or Muon, GPTQ of the merged model, Optuna search)."""
 
 from ridgeline.train.convert import GQAReport, convert_to_gqa, save_model
+from ridgeline.train.distill import check_tokenizers, measure_speed, run_distill
+from ridgeline.train.distill_config import (DistillConfig, EvalSettings, QuantSpec, SearchSettings, SpeedSettings,
+                                            StudentSpec, parse_data, parse_loss, parse_quantize)
+from ridgeline.train.distill_report import DistillResult, mean_ci, summary_lines
+from ridgeline.train.distill_stages import Stage, plan_stages
 from ridgeline.train.kd import KDLossConfig, TopK, bucket_kl, kd_loss, token_kl
 from ridgeline.train.kd_data import DataConfig, KDData, SamplingConfig, build_kd_data, heldout_targets
 from ridgeline.train.kd_train import KDTrainConfig, KDTrainResult, heldout_quality, train_kd
 from ridgeline.train.lora import LoRAConfig, add_lora, merge_lora
 from ridgeline.train.optim import make_optimizers, split_parameters
+from ridgeline.train.search import SearchSpace, evaluate_trial, run_search, trial_task
 from ridgeline.train.uptrain import UptrainConfig, UptrainResult, uptrain
 
-__all__ = ["DataConfig", "GQAReport", "KDData", "KDLossConfig", "KDTrainConfig", "KDTrainResult", "LoRAConfig",
-           "SamplingConfig", "TopK", "UptrainConfig", "UptrainResult", "add_lora", "bucket_kl", "build_kd_data",
-           "convert_to_gqa", "heldout_quality", "heldout_targets", "kd_loss", "make_optimizers", "merge_lora",
-           "save_model", "split_parameters", "token_kl", "train_kd", "uptrain"]
+__all__ = ["DataConfig", "DistillConfig", "DistillResult", "EvalSettings", "GQAReport", "KDData", "KDLossConfig",
+           "KDTrainConfig", "KDTrainResult", "LoRAConfig", "QuantSpec", "SamplingConfig", "SearchSettings",
+           "SearchSpace", "SpeedSettings", "Stage", "StudentSpec", "TopK", "UptrainConfig", "UptrainResult",
+           "add_lora", "bucket_kl", "build_kd_data", "check_tokenizers", "convert_to_gqa", "evaluate_trial",
+           "heldout_quality", "heldout_targets", "kd_loss", "make_optimizers", "mean_ci", "measure_speed",
+           "merge_lora", "parse_data", "parse_loss", "parse_quantize", "plan_stages", "run_distill", "run_search",
+           "save_model", "split_parameters", "summary_lines", "token_kl", "train_kd", "trial_task", "uptrain"]
