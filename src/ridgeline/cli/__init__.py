@@ -10,6 +10,7 @@
 | quant | quantize, export-gguf |
 | quality | eval |
 | train | gqa |
+| distill | distill |
 | demo | demo |
 
 Heavy imports (torch, transformers) happen inside command bodies, so `ridgeline --help` and the analytic
@@ -19,7 +20,7 @@ commands start without torch.
 from ridgeline.cli.common import app, console, err_console
 
 # importing a module registers its commands; `ridgeline --help` lists them in this order
-from ridgeline.cli import analyze, sweep, catalogue, measure, serve, quant, quality, train, demo  # noqa: E402,F401,I001
+from ridgeline.cli import analyze, sweep, catalogue, measure, serve, quant, quality, train, distill, demo  # noqa: E402,F401,I001
 
 
 def main() -> None:
