@@ -341,3 +341,42 @@ def test_student_no_smaller_than_the_teacher_is_warned(tmp_path, tiny_model_dir,
     cfg = replace(cfg, quantize=(), train=replace(cfg.train, steps=1))
     res = run_distill(cfg, tmp_path / "same")
     assert len(res.warnings) == 1 and "no smaller than the teacher" in res.warnings[0]
+
+
+def test_search_is_resumable_and_trials_are_pure(tmp_path, tiny_model_dir):
+    pytest.importorskip("optuna")
+    import optuna
+    from transformers import AutoTokenizer
+
+    from ridgeline.train import SearchSpace, evaluate_trial, run_search
+    from ridgeline.train.kd_data import save_kd_data
+    from ridgeline.train.search import trial_config
+
+    tiny_llama(layers=2, vocab=320).save_pretrained(tmp_path / "student")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "student")
+    data = _kd_data(vocab=320)
+    save_kd_data(data, tmp_path / "train.safetensors", {})
+    save_kd_data(data, tmp_path / "valid.safetensors", {})
+    files = {k: str(tmp_path / v) for k, v in (("student", "student"), ("data", "train.safetensors"),
+                                              ("valid", "valid.safetensors"))}
+    train = KDTrainConfig(steps=2, batch_size=2, warmup=0, lora=LoRAConfig(rank=4))
+    params = {"lr": 3e-3, "temperature": 2.0, "alpha": 0.5, "rank": 8}
+    cfg = trial_config(train, params, files["student"], files["data"], files["valid"])
+    json.dumps(cfg)  # plain JSON: it can travel to another machine
+    first = evaluate_trial(cfg, 1)
+    assert evaluate_trial(cfg, 1)["objective"] == first["objective"]  # a pure function of (config, seed)
+    space = SearchSpace(ranks=(4, 8))
+    one = run_search(train, files, 1, tmp_path / "search", "s", space=space)
+    assert len(one.trials) == 1
+    # a trial an interrupted process drew and never told is evaluated again on resume, with its parameters
+    storage = f"sqlite:///{tmp_path / 'search' / 'study.db'}"
+    left = optuna.load_study(study_name="s", storage=storage).ask(
+        {"lr": optuna.distributions.FloatDistribution(1e-4, 5e-3, log=True),
+         "temperature": optuna.distributions.FloatDistribution(1.0, 4.0),
+         "alpha": optuna.distributions.FloatDistribution(0.0, 1.0),
+         "rank": optuna.distributions.CategoricalDistribution([4, 8])})
+    three = run_search(train, files, 3, tmp_path / "search", "s", space=space)
+    assert len(three.trials) == 3 and three.trials[0] == one.trials[0]
+    assert three.trials[1]["number"] == left.number and three.trials[1]["params"] == left.params
+    assert three.best_value == min(t["value"] for t in three.trials)
+    assert {t.state.name for t in optuna.load_study(study_name="s", storage=storage).trials} == {"COMPLETE"}

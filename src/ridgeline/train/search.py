@@ -10,7 +10,8 @@ cluster, p)`) and tells the results back.
 
 The study is stored in SQLite (`<dir>/study.db`) under its name and resumes: completed trials count towards
 `n_trials`, and trials an interrupted process left RUNNING are evaluated again with their stored parameters
-(the evaluation being pure, the result is what it would have been) and told. Optuna's own logging is silenced
+(the evaluation being pure, the result is what it would have been) and told; one left before its parameters
+were drawn is marked failed. Optuna's own logging is silenced
 while the search runs (library code prints nothing).
 """
 
@@ -162,8 +163,12 @@ def run_search(train: KDTrainConfig, files: dict[str, str], n_trials: int, folde
                 study.set_user_attr(f"trial_{number}", res)
 
         stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if stale:  # an interrupted process left these: same parameters, same (pure) result
-            finish([t.number for t in stale], [config_of(t.params) for t in stale])
+        whole = [t for t in stale if set(t.params) >= {"lr", "temperature", "alpha"}]
+        for t in stale:
+            if t not in whole:  # asked but never given its parameters: nothing to redo
+                study.tell(t.number, state=TrialState.FAIL)
+        if whole:  # an interrupted process left these: same parameters, same (pure) result
+            finish([t.number for t in whole], [config_of(t.params) for t in whole])
         while (done := len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))) < n_trials:
             if progress is not None:
                 progress(f"{name} trial", done, n_trials)
