@@ -336,11 +336,44 @@ def test_pipeline_interrupted_and_resumed_equals_uninterrupted(tmp_path, tiny_mo
         run_distill(replace(cfg, seeds=2), run)
 
 
-def test_student_no_smaller_than_the_teacher_is_warned(tmp_path, tiny_model_dir, small_corpus):
-    cfg = _config(str(tiny_model_dir), student=StudentSpec(model=str(tiny_model_dir)), optimizers=("adamw",))
-    cfg = replace(cfg, quantize=(), train=replace(cfg.train, steps=1))
-    res = run_distill(cfg, tmp_path / "same")
-    assert len(res.warnings) == 1 and "no smaller than the teacher" in res.warnings[0]
+def test_cli_runs_warns_about_a_student_no_smaller_and_runs_the_seed_tasks(tmp_path, tiny_model_dir, small_corpus,
+                                                                          monkeypatch):
+    from typer.testing import CliRunner
+
+    from ridgeline.cli import app
+
+    tasks = Path(__file__).parent / "data" / "tasks"
+    args = ["distill", str(tiny_model_dir), "--student", str(tiny_model_dir), "--optimizer", "adamw", "--seeds", "1",
+            "--steps", "1", "--batch-size", "2", "--data", "calib:4", "--seq-len", "16", "--topk", "8",
+            "--quantize", "none", "--no-speed", "--heldout-windows", "3", "--heldout-len", "16", "--mc-items", "3",
+            "--cloze-items", "3", "--task-dir", str(tasks), "--out", str(tmp_path / "run")]
+    from ridgeline.cli import console
+
+    monkeypatch.setattr(console, "_width", 240)
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert "warning:" in res.stderr and "no smaller than the teacher" in res.stderr
+    assert "kd-adamw-s0" in res.stdout and "arc_easy" in res.stdout
+    record = json.loads((tmp_path / "run" / "stages.json").read_text())
+    assert [r["stage"] for r in record["rows"]] == ["teacher", "student", "kd-adamw-s0"]
+    assert record["rows"][0]["task_arc_easy"] == record["rows"][1]["task_arc_easy"]  # the same model
+    assert {k for k in record["rows"][2] if k.startswith("task_")} >= {"task_arc_easy", "task_piqa", "task_mmlu"}
+
+
+@pytest.mark.parametrize("option, value, needle", [("--student", "prune:x", "--student"),
+                                                    ("--quantize", "gptq-4bit", "--quantize"),
+                                                    ("--data", "synthetic", "--data"),
+                                                    ("--optimizer", "sgd", "optimizers")])
+def test_cli_bad_options_are_one_line_errors(tmp_path, option, value, needle):
+    from typer.testing import CliRunner
+
+    from ridgeline.cli import app
+
+    res = CliRunner().invoke(app, ["distill", "x", option, value, "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2, (res.output, res.exception)
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0]
+    assert not (tmp_path / "run").exists()
 
 
 def test_search_is_resumable_and_trials_are_pure(tmp_path, tiny_model_dir):
@@ -380,3 +413,18 @@ def test_search_is_resumable_and_trials_are_pure(tmp_path, tiny_model_dir):
     assert three.trials[1]["number"] == left.number and three.trials[1]["params"] == left.params
     assert three.best_value == min(t["value"] for t in three.trials)
     assert {t.state.name for t in optuna.load_study(study_name="s", storage=storage).trials} == {"COMPLETE"}
+
+
+def test_teacher_logits_are_cut_to_the_shared_vocabulary(tiny_model_dir):
+    from ridgeline.loader import load_model
+    from ridgeline.train import build_kd_data
+
+    teacher, tok = load_model(tiny_model_dir)
+    stream = torch.tensor(tok("The quick brown fox jumps over the lazy dog. " * 20, add_special_tokens=False).input_ids)
+    cfg = DataConfig(calib=3, seq_len=12, topk=5)
+    full = build_kd_data(teacher, tok, cfg, calib_ids=stream)
+    cut = build_kd_data(teacher, tok, cfg, vocab=300, calib_ids=stream)  # a student whose head has 300 rows
+    assert torch.equal(full.ids, cut.ids) and int(cut.top_ids.max()) < 300
+    with torch.no_grad():
+        logits = teacher(full.ids[:, :-1]).logits[..., :300]
+    assert torch.allclose(cut.top_logits, logits.topk(5, -1).values) and torch.allclose(cut.lse, logits.logsumexp(-1))

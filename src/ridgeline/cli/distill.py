@@ -13,7 +13,7 @@ from ridgeline.cli.common import app, command, console, csv_list, dumps, note, p
 def _config(teacher: str, student: str, data: str, loss: str, temperature: float, alpha: float, optimizer: str,
             lora_rank: int, lora_alpha: Optional[float], lora_dropout: float, lora_targets: str, full: bool,
             muon_on: str, lr: float, steps: int, batch_size: int, seq_len: int, topk: int, quantize: str, seeds: int,
-            task_dir: Optional[Path], heldout_windows: int, mc_items: int, cloze_items: int, speed_impl: str,
+            task_dir: Optional[Path], heldout_windows: int, heldout_len: int, mc_items: int, cloze_items: int, speed_impl: str,
             no_speed: bool, search: int, search_steps: Optional[int]) -> Any:
     """The DistillConfig from the command's options."""
     from ridgeline.train import (DataConfig, DistillConfig, EvalSettings, KDTrainConfig, LoRAConfig, SearchSettings,
@@ -27,7 +27,7 @@ def _config(teacher: str, student: str, data: str, loss: str, temperature: float
     return DistillConfig(
         teacher=teacher, student=StudentSpec.parse(student), data=parse_data(data, DataConfig(seq_len=seq_len, topk=topk)),
         train=train, optimizers=tuple(csv_list(optimizer, "--optimizer")), seeds=seeds, quantize=parse_quantize(quantize),
-        eval=EvalSettings(heldout_windows=heldout_windows, mc_items=mc_items, cloze_items=cloze_items,
+        eval=EvalSettings(heldout_windows=heldout_windows, heldout_len=heldout_len, mc_items=mc_items, cloze_items=cloze_items,
                           task_dir=str(task_dir) if task_dir else None),
         speed=SpeedSettings(impl=speed_impl, enabled=not no_speed), search=SearchSettings(trials=search, steps=search_steps))
 
@@ -41,7 +41,7 @@ def stage_table(result: Any) -> Any:
                     f" ({result.settings['seconds'] / 60:.1f} min)")
     cols = ["stage", "layers", "params", "MiB", "ppl", "KL", "cloze", "MC", *[k[5:] for k in tasks], "tok/s", "train s"]
     for c in cols:
-        t.add_column(c, justify="left" if c == "stage" else "right")
+        t.add_column(c, justify="left" if c == "stage" else "right", no_wrap=c == "stage")
     f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     for r in result.rows:
         t.add_row(r["stage"], str(r["layers"]), f"{r['params'] / 1e6:.1f}M", f(r["model_bytes"] / 2**20, ".1f"),
@@ -95,7 +95,8 @@ def distill(
     seeds: int = typer.Option(3, "--seeds", help="KD runs per optimizer"),
     out: Path = typer.Option(..., "--out", "-o", help="run folder: checkpoints, data cache, tables; rerun to resume"),
     task_dir: Optional[Path] = typer.Option(None, "--task-dir", help="folder with the seed benchmarks' local files (<task>.jsonl)"),
-    heldout_windows: int = typer.Option(16, "--heldout-windows", help="held-out windows of 256 tokens for ppl and KL"),
+    heldout_windows: int = typer.Option(16, "--heldout-windows", help="held-out windows for ppl and KL"),
+    heldout_len: int = typer.Option(256, "--heldout-len", help="tokens per held-out window"),
     mc_items: int = typer.Option(100, "--mc-items", help="next-line multiple-choice items"),
     cloze_items: int = typer.Option(64, "--cloze-items", help="cloze items"),
     speed_impl: str = typer.Option("lean", "--speed-impl", help="measured decode path for tok/s: lean, hf or auto"),
@@ -109,7 +110,7 @@ def distill(
 
     cfg = _config(teacher, student, data, loss, temperature, alpha, optimizer, lora_rank, lora_alpha, lora_dropout,
                   lora_targets, full, muon_on, lr, steps, batch_size, seq_len, topk, quantize, seeds, task_dir,
-                  heldout_windows, mc_items, cloze_items, speed_impl, no_speed, search, search_steps)
+                  heldout_windows, heldout_len, mc_items, cloze_items, speed_impl, no_speed, search, search_steps)
     with progress("distill") as report:
         result = run_distill(cfg, out, progress=report)
     _render(result, as_json)

@@ -132,4 +132,4 @@ def bucket_kl(student_logits: torch.Tensor, teacher_indices: torch.Tensor, teach
     tail_p = (1 - p.sum(-1)).clamp_min(0)
     tail_q = (1 - log_q.exp().sum(-1)).clamp_min(1e-12)
     tail = torch.where(tail_p > 0, tail_p * (tail_p.clamp_min(1e-30).log() - tail_q.log()), torch.zeros_like(tail_p))
-    return head + tail
+    return (head + tail).clamp_min(0)  # a KL is >= 0: anything below is float32 rounding (a model against itself)

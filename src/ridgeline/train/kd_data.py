@@ -276,11 +276,11 @@ def _vocab_limited(teacher: Any, vocab: int | None) -> Any:
 
 def save_kd_data(data: KDData, path: str | Path, fingerprint: dict) -> Path:
     """Write the tensors (safetensors) and a JSON sidecar (info + fingerprint), each atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in data.tensors().items()}, str(tmp))
+        tmp.write_bytes(save({k: v.contiguous() for k, v in data.tensors().items()}))  # keeps the temp file's mode
     write_json(path.with_suffix(".json"), {"fingerprint": fingerprint, "info": data.info})
     return path
 
