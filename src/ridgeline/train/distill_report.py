@@ -146,6 +146,13 @@ def summarize_run(rows: list[dict], optimizers: list[str], quants: list[str]) ->
                     "mc_acc_norm": {"pipeline": mc, "quant_only": base["mc_acc_norm"],
                                     "better": mc["mean"] is not None and mc["mean"] > base["mc_acc_norm"]}}
     out["size_speed"] = _size_speed(rows, teacher)
+    out["final_vs_teacher"] = {}
+    for q in quants:  # the seed's "2x smaller, up to 50 % lower per-token latency", measured here
+        finals = [out["size_speed"][r["stage"]] for r in rows if r["kind"] == "quant" and r["stage"].startswith("kd-")
+                  and r["stage"].endswith(f"+{q}")]
+        out["final_vs_teacher"][q] = {"bytes_ratio": mean_ci([f["bytes_ratio"] for f in finals]),
+                                      "speedup": mean_ci([f.get("speedup") for f in finals]),
+                                      "latency_reduction": mean_ci([f.get("latency_reduction") for f in finals])}
     return out
 
 
@@ -220,9 +227,14 @@ def summary_lines(summary: dict) -> list[str]:
     lines = []
     for o, g in summary["gap_recovery"].items():
         if g["ppl"] and g["ppl"]["mean"] is not None:
-            ci = f" ± {g['ppl']['ci95']:.2g}" if g["ppl"]["ci95"] is not None else ""
+            ci = f" ± {g['ppl']['ci95']:.0%}" if g["ppl"]["ci95"] is not None else ""
             lines.append(f"KD with {o} recovers {g['ppl']['mean']:.0%}{ci} of the perplexity gap between the pruned "
                          f"student and the teacher ({g['log_ppl']['mean']:.0%} in log-perplexity)")
+    for q, f in summary.get("final_vs_teacher", {}).items():
+        if f["bytes_ratio"]["mean"] is not None:
+            speed = (f", decode {f['speedup']['mean']:.2f}x the teacher's tokens/s (per-token latency "
+                     f"{-f['latency_reduction']['mean']:+.0%})" if f["speedup"]["mean"] is not None else "")
+            lines.append(f"KD student + {q}: {f['bytes_ratio']['mean']:.2f}x smaller than the teacher{speed}")
     for q, per in summary["pipeline_vs_quant_only"].items():
         for o, e in per.items():
             lines.append(f"KD ({o}) + {q} vs {q} of the student alone: ppl {e['ppl']['pipeline']['mean']:.2f} vs "
