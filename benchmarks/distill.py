@@ -94,13 +94,20 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--quantize", default="gptq-w4g128")
     ap.add_argument("--speed-impl", default="lean", help="ridgeline.measure torch path for decode tok/s")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="threads of the decode-speed runs (default: torch's)")
+    ap.add_argument("--torch-threads", type=int, default=None,
+                    help="torch threads for the whole run (default: torch's; on a machine crowded by other "
+                         "processes 1 avoids OpenMP barrier stalls that slow small operators many-fold)")
     ap.add_argument("--run-dir", type=Path, default=None, help="keep the run folder here (resumable)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "distill.json")
     args = ap.parse_args()
 
+    import torch
+
     from ridgeline.train import run_distill
 
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     cfg = config(args)
     before = {"uptime": _uptime(), "load_avg": list(os.getloadavg())}
     t0 = time.perf_counter()
@@ -108,7 +115,7 @@ def main() -> None:
 
     def progress(what: str, done: int, total: int) -> None:
         now = time.perf_counter()
-        if now - last[0] > 30:  # a line every 30 s on stderr, for a person watching
+        if now - last[0] > 30 or what.startswith("stage "):  # a line per stage and every 30 s, for a person watching
             last[0] = now
             print(f"[{(now - t0) / 60:5.1f} min] {what} {done}/{total}", file=sys.stderr, flush=True)
 
@@ -119,7 +126,7 @@ def main() -> None:
     after = {"uptime": _uptime(), "load_avg": list(os.getloadavg())}
     record = {
         "benchmark": "distill", "quick": args.quick, "teacher": TEACHER, "student": cfg.student.label,
-        "wall_s": wall, "load_before": before, "load_after": after,
+        "wall_s": wall, "load_before": before, "load_after": after, "torch_threads": torch.get_num_threads(),
         "budgets": {"kd_steps": cfg.train.steps, "batch_size": cfg.train.batch_size, "seq_len": cfg.data.seq_len,
                     "kd_tokens_per_run": cfg.train.steps * cfg.train.batch_size * cfg.data.seq_len,
                     "data_sequences": {"calib": cfg.data.calib, "synthetic": cfg.data.synthetic},
