@@ -354,7 +354,7 @@ def test_rank_accuracy_by_hand(model):
 
 
 def test_draft_vocabulary_by_hand(model, tmp_path):
-    from ridgeline.train.medusa import coverage, frequent_tokens
+    from ridgeline.engine import coverage, frequent_tokens
 
     labels = torch.tensor([[5, 7], [5, -100], [9, 5], [7, 3]])
     assert frequent_tokens(labels, VOCAB, 2).tolist() == [5, 7]  # 5 three times, 7 twice; ascending ids

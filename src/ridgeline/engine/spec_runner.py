@@ -190,7 +190,7 @@ def spec_runner(setting: Any, loaded: Any) -> SpecDecoder:
     acceptance = Acceptance(**setting.acceptance())
     impl = _impl(verifier)
     if setting.kind == "medusa":
-        from ridgeline.train import load_heads
+        from ridgeline.engine.medusa_heads import load_heads
 
         heads, manifest = load_heads(setting.arg, loaded.model)
         # the curve is measured after a real prefix that leaves room for the largest verify and the decode steps
@@ -215,7 +215,7 @@ def medusa_tree(model: Any, tokenizer: Any, heads_dir: str, impl: str = "lean", 
     """Measure the verify-cost curve of `model` on a path ('lean' or 'hf') and choose the tree for saved heads:
     the heads' account (tree, choice table, curve)."""
     from ridgeline.measure import LeanCausalLM, prompt_ids
-    from ridgeline.train import load_heads
+    from ridgeline.engine.medusa_heads import load_heads
 
     if impl not in ("lean", "hf"):
         raise RidgelineError(f"path {impl!r} is not lean or hf")

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 from ridgeline.errors import RidgelineError
 from ridgeline.io import atomic_folder
-from ridgeline.train.medusa import (MedusaHeads, base_info, check_structure, coverage, frequent_tokens, load_heads,
-                                    rank_accuracy, save_heads)
+from ridgeline.engine import (MedusaHeads, base_info, check_structure, coverage, frequent_tokens, load_heads, rank_accuracy,
+                              save_heads)
 from ridgeline.train.medusa_data import IGNORE, DistillData, corpus_stream, distill_data
 from ridgeline.train.uptrain import OPTIMIZERS, SCHEDULES, deferred_sigint, lr_factor
 
