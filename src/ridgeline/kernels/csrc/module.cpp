@@ -1,0 +1,246 @@
+// CPython bindings (the C API: no pybind11, no torch headers, so the build needs only a C++ compiler).
+//
+// Tensors cross as raw addresses (tensor.data_ptr()) plus shapes: the Python side (ridgeline.kernels)
+// checks dtype, contiguity and shape before calling, and keeps the tensors alive. Packed weights and
+// models are PyCapsules owning their C++ objects. Every entry point releases the GIL while it computes.
+// METH_FASTCALL keeps a call at ~0.1 us; one decode step of the native model is one call.
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <chrono>
+#include "linear.h"
+#include "pack.h"
+
+#ifndef RL_MODULE
+#error "RL_MODULE (the extension's module name) must be defined by the variant translation unit"
+#endif
+#define RL_STR2(x) #x
+#define RL_STR(x) RL_STR2(x)
+#define RL_CAT2(a, b) a##b
+#define RL_CAT(a, b) RL_CAT2(a, b)
+
+using rl::Isa;
+
+namespace {
+
+const char* kPackedName = "ridgeline.kernels.Packed";
+
+template <class T> T arg_int(PyObject* o, bool& ok) {
+  if (!ok) return T(0);
+  long long v = PyLong_AsLongLong(o);
+  if (v == -1 && PyErr_Occurred()) { ok = false; return T(0); }
+  return T(v);
+}
+template <class T> T* arg_ptr(PyObject* o, bool& ok) {
+  if (!ok) return nullptr;
+  unsigned long long v = PyLong_AsUnsignedLongLong(o);
+  if (v == (unsigned long long)-1 && PyErr_Occurred()) { ok = false; return nullptr; }
+  return reinterpret_cast<T*>(uintptr_t(v));
+}
+bool nargs(Py_ssize_t n, Py_ssize_t want, const char* fn) {
+  if (n == want) return true;
+  PyErr_Format(PyExc_TypeError, "%s takes %zd arguments (%zd given)", fn, want, n);
+  return false;
+}
+
+// Run `f` without the GIL, turning C++ exceptions into ValueError.
+template <class Fn> bool guarded(Fn&& f) {
+  std::string err;
+  Py_BEGIN_ALLOW_THREADS
+  try { f(); } catch (const std::exception& e) { err = e.what(); if (err.empty()) err = "native kernel error"; }
+  Py_END_ALLOW_THREADS
+  if (!err.empty()) { PyErr_SetString(PyExc_ValueError, err.c_str()); return false; }
+  return true;
+}
+
+void packed_free(PyObject* cap) { delete static_cast<rl::Packed*>(PyCapsule_GetPointer(cap, kPackedName)); }
+
+rl::Packed* get_packed(PyObject* cap) { return static_cast<rl::Packed*>(PyCapsule_GetPointer(cap, kPackedName)); }
+
+PyObject* wrap_packed(rl::Packed&& p) {
+  auto* heap = new rl::Packed(std::move(p));
+  PyObject* cap = PyCapsule_New(heap, kPackedName, packed_free);
+  if (!cap) delete heap;
+  return cap;
+}
+
+// ---------------------------------------------------------------- runtime
+
+PyObject* py_isa(PyObject*, PyObject* const*, Py_ssize_t) { return PyUnicode_FromString(Isa::name); }
+
+PyObject* py_cpu_features(PyObject*, PyObject* const*, Py_ssize_t) {
+  PyObject* d = PyDict_New();
+  if (!d) return nullptr;
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  const char* names[] = {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vnni", "avx512bf16"};
+  const int have[] = {__builtin_cpu_supports("avx2"), __builtin_cpu_supports("fma"), __builtin_cpu_supports("f16c"),
+                      __builtin_cpu_supports("avx512f"), __builtin_cpu_supports("avx512bw"),
+                      __builtin_cpu_supports("avx512vl"), __builtin_cpu_supports("avx512dq"),
+                      __builtin_cpu_supports("avx512vnni"), __builtin_cpu_supports("avx512bf16")};
+  for (size_t i = 0; i < sizeof(have) / sizeof(have[0]); ++i) PyDict_SetItemString(d, names[i], have[i] ? Py_True : Py_False);
+#endif
+  return d;
+}
+
+PyObject* py_set_num_threads(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (!nargs(n, 1, "set_num_threads")) return nullptr;
+  bool ok = true;
+  int t = arg_int<int>(a[0], ok);
+  if (!ok) return nullptr;
+  if (!guarded([&] { std::lock_guard<std::mutex> g(rl::runtime().lock); rl::runtime().pool.set_threads(t); })) return nullptr;
+  Py_RETURN_NONE;
+}
+
+PyObject* py_get_num_threads(PyObject*, PyObject* const*, Py_ssize_t) { return PyLong_FromLong(rl::runtime().pool.threads()); }
+
+PyObject* py_set_spin_us(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (!nargs(n, 1, "set_spin_us")) return nullptr;
+  bool ok = true;
+  int us = arg_int<int>(a[0], ok);
+  if (!ok) return nullptr;
+  rl::runtime().pool.set_spin_us(us);
+  Py_RETURN_NONE;
+}
+
+// pool_overhead(iters, barriers) -> (seconds per empty run, seconds per barrier)
+PyObject* py_pool_overhead(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (!nargs(n, 2, "pool_overhead")) return nullptr;
+  bool ok = true;
+  int iters = arg_int<int>(a[0], ok), barriers = arg_int<int>(a[1], ok);
+  if (!ok) return nullptr;
+  double run_s = 0, bar_s = 0;
+  if (!guarded([&] {
+        auto& rt = rl::runtime();
+        std::lock_guard<std::mutex> g(rt.lock);
+        auto t0 = std::chrono::steady_clock::now();
+        for (int i = 0; i < iters; ++i) rt.pool.run([](int, int) {});
+        auto t1 = std::chrono::steady_clock::now();
+        rt.pool.run([&](int, int) { for (int i = 0; i < barriers; ++i) rt.pool.barrier(); });
+        auto t2 = std::chrono::steady_clock::now();
+        run_s = std::chrono::duration<double>(t1 - t0).count() / std::max(iters, 1);
+        bar_s = std::chrono::duration<double>(t2 - t1).count() / std::max(barriers, 1);
+      }))
+    return nullptr;
+  return Py_BuildValue("(dd)", run_s, bar_s);
+}
+
+// ---------------------------------------------------------------- packing
+
+PyObject* py_pack_blocks(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (!nargs(n, 4, "pack_blocks")) return nullptr;
+  bool ok = true;
+  int fmt = arg_int<int>(a[0], ok);
+  const uint8_t* src = arg_ptr<const uint8_t>(a[1], ok);
+  int64_t N = arg_int<int64_t>(a[2], ok), K = arg_int<int64_t>(a[3], ok);
+  if (!ok) return nullptr;
+  rl::Packed p;
+  if (!guarded([&] { p = rl::pack_blocks(rl::Fmt(fmt), src, N, K); })) return nullptr;
+  return wrap_packed(std::move(p));
+}
+
+PyObject* py_pack_float(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (!nargs(n, 4, "pack_float")) return nullptr;
+  bool ok = true;
+  int fmt = arg_int<int>(a[0], ok);
+  const void* src = arg_ptr<const void>(a[1], ok);
+  int64_t N = arg_int<int64_t>(a[2], ok), K = arg_int<int64_t>(a[3], ok);
+  if (!ok) return nullptr;
+  rl::Packed p;
+  if (!guarded([&] { p = rl::pack_float(rl::Fmt(fmt), src, N, K); })) return nullptr;
+  return wrap_packed(std::move(p));
+}
+
+// pack_int(bits, codes, scale, zero, mins|0, perm|0, N, K, group)
+PyObject* py_pack_int(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (!nargs(n, 9, "pack_int")) return nullptr;
+  bool ok = true;
+  int bits = arg_int<int>(a[0], ok);
+  const uint8_t* codes = arg_ptr<const uint8_t>(a[1], ok);
+  const float* scale = arg_ptr<const float>(a[2], ok);
+  const int32_t* zero = arg_ptr<const int32_t>(a[3], ok);
+  const float* mins = arg_ptr<const float>(a[4], ok);
+  const int32_t* perm = arg_ptr<const int32_t>(a[5], ok);
+  int64_t N = arg_int<int64_t>(a[6], ok), K = arg_int<int64_t>(a[7], ok), group = arg_int<int64_t>(a[8], ok);
+  if (!ok) return nullptr;
+  rl::Packed p;
+  if (!guarded([&] { p = rl::pack_int(bits, codes, scale, zero, mins, perm, N, K, group); })) return nullptr;
+  return wrap_packed(std::move(p));
+}
+
+// packed_info(p) -> (fmt, N, K, stream_bytes)
+PyObject* py_packed_info(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (!nargs(n, 1, "packed_info")) return nullptr;
+  rl::Packed* p = get_packed(a[0]);
+  if (!p) return nullptr;
+  return Py_BuildValue("(iLLL)", int(p->fmt), (long long)p->N, (long long)p->K, (long long)p->stream_bytes());
+}
+
+// ---------------------------------------------------------------- kernels
+
+// linear(p, x, M, y, bias|0, per_row): y [M, N] = x [M, K] @ W^T + bias, float32
+PyObject* py_linear(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (!nargs(n, 6, "linear")) return nullptr;
+  rl::Packed* p = get_packed(a[0]);
+  if (!p) return nullptr;
+  bool ok = true;
+  const float* x = arg_ptr<const float>(a[1], ok);
+  int M = arg_int<int>(a[2], ok);
+  float* y = arg_ptr<float>(a[3], ok);
+  const float* bias = arg_ptr<const float>(a[4], ok);
+  int per_row = arg_int<int>(a[5], ok);
+  if (!ok) return nullptr;
+  if (!guarded([&] { rl::linear<Isa>(*p, x, M, y, bias, per_row != 0); })) return nullptr;
+  Py_RETURN_NONE;
+}
+
+// quantize_act(x, M, K, per_row, perm|0, q, d, s32): the int8 activation blocks the kernels use
+PyObject* py_quantize_act(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (!nargs(n, 8, "quantize_act")) return nullptr;
+  bool ok = true;
+  const float* x = arg_ptr<const float>(a[0], ok);
+  int M = arg_int<int>(a[1], ok);
+  int64_t K = arg_int<int64_t>(a[2], ok);
+  int per_row = arg_int<int>(a[3], ok);
+  const int32_t* perm = arg_ptr<const int32_t>(a[4], ok);
+  int8_t* q = arg_ptr<int8_t>(a[5], ok);
+  float* d = arg_ptr<float>(a[6], ok);
+  int32_t* s32 = arg_ptr<int32_t>(a[7], ok);
+  if (!ok) return nullptr;
+  if (!guarded([&] {
+        if (K % 32) throw rl::Error("activation rows must be a multiple of 32 long");
+        rl::ActBuffer buf;
+        buf.ensure(1, K);
+        for (int m = 0; m < M; ++m) {
+          rl::Act& act = buf.rows[0];
+          rl::ActOps<Isa>::to_q8(x + int64_t(m) * K, K, act, per_row != 0, perm, buf.gathered[0]);
+          std::memcpy(q + int64_t(m) * K, act.q, size_t(K));
+          std::memcpy(d + int64_t(m) * (K / 32), act.d, size_t(K / 32) * 4);
+          std::memcpy(s32 + int64_t(m) * (K / 32), act.s32, size_t(K / 32) * 4);
+        }
+      }))
+    return nullptr;
+  Py_RETURN_NONE;
+}
+
+PyMethodDef methods[] = {
+    {"isa", (PyCFunction)(void (*)(void))py_isa, METH_FASTCALL, "name of the instruction set this module was compiled for"},
+    {"cpu_features", (PyCFunction)(void (*)(void))py_cpu_features, METH_FASTCALL, "CPUID feature flags that matter here"},
+    {"set_num_threads", (PyCFunction)(void (*)(void))py_set_num_threads, METH_FASTCALL, "threads of the kernel pool"},
+    {"get_num_threads", (PyCFunction)(void (*)(void))py_get_num_threads, METH_FASTCALL, "threads of the kernel pool"},
+    {"set_spin_us", (PyCFunction)(void (*)(void))py_set_spin_us, METH_FASTCALL, "how long idle workers spin before sleeping"},
+    {"pool_overhead", (PyCFunction)(void (*)(void))py_pool_overhead, METH_FASTCALL, "seconds per empty run and per barrier"},
+    {"pack_blocks", (PyCFunction)(void (*)(void))py_pack_blocks, METH_FASTCALL, "repack codec bytes"},
+    {"pack_float", (PyCFunction)(void (*)(void))py_pack_float, METH_FASTCALL, "repack float weights"},
+    {"pack_int", (PyCFunction)(void (*)(void))py_pack_int, METH_FASTCALL, "repack integer codes"},
+    {"packed_info", (PyCFunction)(void (*)(void))py_packed_info, METH_FASTCALL, "(fmt, N, K, stream bytes)"},
+    {"linear", (PyCFunction)(void (*)(void))py_linear, METH_FASTCALL, "y = x @ W^T + b"},
+    {"quantize_act", (PyCFunction)(void (*)(void))py_quantize_act, METH_FASTCALL, "int8 activation blocks"},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT, RL_STR(RL_MODULE), "ridgeline native kernels", -1, methods,
+                          nullptr, nullptr, nullptr, nullptr};
+
+}  // namespace
+
+PyMODINIT_FUNC RL_CAT(PyInit_, RL_MODULE)(void) { return PyModule_Create(&module_def); }
