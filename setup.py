@@ -24,7 +24,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 CSRC = "src/ridgeline/kernels/csrc"
-COMMON_FLAGS = ["-std=c++20", "-O3", "-fvisibility=hidden", "-fno-math-errno", "-fno-trapping-math", "-pthread"]
+COMMON_FLAGS = ["-std=c++20", "-O3", "-ffp-contract=off", "-fvisibility=hidden", "-fno-math-errno", "-fno-trapping-math", "-pthread"]
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 VARIANTS: dict[str, list[str]] = {"portable": []}
 if X86:

@@ -14,9 +14,12 @@ Conventions: weights [out_features, in_features] ("N x K"), activations [M, K] f
 kernel call; bytes per weight are what the kernel streams (scales and padding included).
 """
 
-from ridgeline.kernels.linear import FORMATS, PackedLinear, quantize_activation
+from ridgeline.kernels.linear import ACT_MODES, BLOCK_FORMATS, FORMATS, PackedLinear, native_format, quantize_activation
+from ridgeline.kernels.model import NativeCausalLM, check_supported, greedy
+from ridgeline.kernels.pack import pack_module
 from ridgeline.kernels.runtime import (available, get_num_threads, info, native, pool_overhead, set_num_threads,
                                        set_spin_us)
 
-__all__ = ["FORMATS", "PackedLinear", "available", "get_num_threads", "info", "native", "pool_overhead",
+__all__ = ["ACT_MODES", "BLOCK_FORMATS", "FORMATS", "NativeCausalLM", "PackedLinear", "available", "check_supported",
+           "get_num_threads", "greedy", "info", "native", "native_format", "pack_module", "pool_overhead",
            "quantize_activation", "set_num_threads", "set_spin_us"]

@@ -15,8 +15,10 @@ Sources, all taken bit for bit (no value changes):
   through `perm` (packed column i reads input column perm[i]; groups are then contiguous).
 
 Quantized formats quantize the activation per block of 32 to int8 (see `quantize_activation`) and run
-int8 dot products (W8A8 / W4A8, as llama.cpp does); `per_row=True` instead uses one scale per row
-(W8A8Linear's dynamic per-token quantization).
+int8 dot products (W8A8 / W4A8, as llama.cpp does). `act_mode` says how the int8 activation is scaled:
+"block" (amax/127 per block of 32, the default), "row" (one scale per row: W8A8Linear's dynamic
+per-token quantization, reproduced exactly) or "mxint8" (a power-of-two scale per block: exactly the
+mxint8 activation fake quantization of EmulatedLinear's act_format="mxint8").
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ BLOCK_FORMATS = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k",
 #: registry spellings of the same formats
 _ALIASES = {"fp32": "f32", "float32": "f32", "bfloat16": "bf16"}
 _NAMES = {v: k for k, v in FORMATS.items()}
+#: int8 activation scaling modes (csrc/act.h ActMode)
+ACT_MODES: dict[str, int] = {"block": 0, "row": 1, "mxint8": 2}
 
 
 def native_format(name: str) -> str:
@@ -57,12 +61,14 @@ def _check_x(x: torch.Tensor, k: int) -> torch.Tensor:
 class PackedLinear:
     """A weight in the native streaming layout; `self(x)` is x·Wᵀ (+ bias) in float32."""
 
-    def __init__(self, handle: object, bias: torch.Tensor | None = None, per_row: bool = False) -> None:
+    def __init__(self, handle: object, bias: torch.Tensor | None = None, act_mode: str = "block") -> None:
         """Wrap a packed handle from the native module (use the from_* constructors)."""
+        if act_mode not in ACT_MODES:
+            raise RidgelineError(f"act_mode must be one of {', '.join(ACT_MODES)}, got {act_mode!r}")
         code, n, k, nbytes = native().packed_info(handle)
         self.handle, self.fmt = handle, _NAMES[code]
         self.out_features, self.in_features, self.stream_bytes = int(n), int(k), int(nbytes)
-        self.per_row = per_row
+        self.act_mode = act_mode
         self.bias = None if bias is None else bias.detach().to(torch.float32).contiguous()
         if self.bias is not None and self.bias.shape != (self.out_features,):
             raise RidgelineError(f"bias must have shape ({self.out_features},), got {tuple(self.bias.shape)}")
@@ -81,7 +87,7 @@ class PackedLinear:
 
     @classmethod
     def from_blocks(cls, data: bytes | torch.Tensor, fmt: str, shape: tuple[int, int],
-                    bias: torch.Tensor | None = None) -> PackedLinear:
+                    bias: torch.Tensor | None = None, act_mode: str = "block") -> PackedLinear:
         """Codec bytes of a [N, K] weight in a block format (q8_0 ... q6_k, mxfp4, mxint8, bfp32m4/m8)."""
         fmt = native_format(fmt)
         if fmt not in BLOCK_FORMATS:
@@ -94,12 +100,12 @@ class PackedLinear:
         expected = get_format(fmt).tensor_bytes((n, k))
         if raw.numel() != expected:
             raise RidgelineError(f"{fmt} data for shape {(n, k)} must be {expected} bytes, got {raw.numel()}")
-        return cls(native().pack_blocks(FORMATS[fmt], raw.data_ptr(), n, k), bias)
+        return cls(native().pack_blocks(FORMATS[fmt], raw.data_ptr(), n, k), bias, act_mode)
 
     @classmethod
     def from_int(cls, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, group: int,
                  mins: torch.Tensor | None = None, perm: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-                 per_row: bool = False) -> PackedLinear:
+                 act_mode: str = "block") -> PackedLinear:
         """Integer codes [N, K] (0 .. 2^bits − 1) with scale/zero [N, groups]: w = scale·(q − zero) [+ mins].
 
         `group` 0 means per channel; a group must be a multiple of 32. `perm` [K] reorders the columns
@@ -128,7 +134,7 @@ class PackedLinear:
             raise RidgelineError(f"mins must be [{n}, {ngroups}], got {tuple(m.shape)}")
         handle = native().pack_int(bits, c.data_ptr(), s.data_ptr(), z.data_ptr(), 0 if m is None else m.data_ptr(),
                                    0 if p is None else p.data_ptr(), n, k, g)
-        out = cls(handle, bias, per_row)
+        out = cls(handle, bias, act_mode)
         out._perm = p  # kept for the reference path (quantize_activation) and for inspection
         return out
 
@@ -146,7 +152,7 @@ class PackedLinear:
         bias = 0 if self.bias is None else self.bias.data_ptr()
         for m0 in range(0, x2.shape[0], 16):
             m = min(16, x2.shape[0] - m0)
-            mod.linear(self.handle, x2[m0].data_ptr(), m, y[m0].data_ptr(), bias, int(self.per_row))
+            mod.linear(self.handle, x2[m0].data_ptr(), m, y[m0].data_ptr(), bias, ACT_MODES[self.act_mode])
         return y.view(*lead, self.out_features)
 
     def __repr__(self) -> str:
@@ -154,7 +160,7 @@ class PackedLinear:
                 f"stream_bytes={self.stream_bytes})")
 
 
-def quantize_activation(x: torch.Tensor, per_row: bool = False,
+def quantize_activation(x: torch.Tensor, act_mode: str = "block",
                         perm: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The native int8 activation blocks of x [M, K] (K a multiple of 32): (codes int8 [M, K],
     scales float32 [M, K/32], code sums int32 [M, K/32]); x ≈ codes · scale per block."""
@@ -166,6 +172,8 @@ def quantize_activation(x: torch.Tensor, per_row: bool = False,
     d = torch.empty(m, k // 32, dtype=torch.float32)
     s = torch.empty(m, k // 32, dtype=torch.int32)
     p = None if perm is None else perm.to(torch.int32).contiguous()
-    native().quantize_act(x2.data_ptr(), m, k, int(per_row), 0 if p is None else p.data_ptr(), q.data_ptr(),
+    if act_mode not in ACT_MODES:
+        raise RidgelineError(f"act_mode must be one of {', '.join(ACT_MODES)}, got {act_mode!r}")
+    native().quantize_act(x2.data_ptr(), m, k, ACT_MODES[act_mode], 0 if p is None else p.data_ptr(), q.data_ptr(),
                           d.data_ptr(), s.data_ptr())
     return q, d, s

@@ -26,14 +26,23 @@ from ridgeline.errors import RidgelineError
 EPS32 = 2.0 ** -24
 
 
-def quantize_activation_ref(x: torch.Tensor, per_row: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_activation_ref(x: torch.Tensor, act_mode: str = "block") -> tuple[torch.Tensor, torch.Tensor]:
     """The native activation quantization in torch: (int8 codes [M, K], float32 scales [M, K/32])."""
     x = x.to(torch.float32)
     m, k = x.shape
     if k % 32:
         raise RidgelineError(f"activation rows must be a multiple of 32 long, got {k}")
     xb = x.view(m, k // 32, 32)
-    if per_row:
+    if act_mode == "mxint8":
+        # OCP MXINT8 (microxcaling conventions): s = floor(log2 amax) in [-127, 127], codes
+        # round_half_even(x * 2^(6 - s)) within +-127, scale 2^(s - 6); exact in float64
+        amax = xb.abs().amax(dim=-1)
+        _, e = torch.frexp(amax)
+        shared = torch.where(amax > 0, e - 1, torch.full_like(e, -127)).clamp(-127, 127).double()
+        q = torch.round(torch.ldexp(xb.double(), (6 - shared).unsqueeze(-1))).clamp(-127, 127).to(torch.int8)
+        d = torch.ldexp(torch.ones_like(shared), shared - 6).float()
+        return q.view(m, k), d
+    if act_mode == "row":
         xs = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
         q = torch.round(x / xs).to(torch.int8)
         return q, xs.expand(m, k // 32).contiguous()
@@ -51,7 +60,7 @@ def dequantize_activation(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     return (q.double().view(m, k // 32, 32) * d.double().unsqueeze(-1)).view(m, k)
 
 
-def activation(x: torch.Tensor, fmt: str, per_row: bool = False, perm: torch.Tensor | None = None) -> torch.Tensor:
+def activation(x: torch.Tensor, fmt: str, act_mode: str = "block", perm: torch.Tensor | None = None) -> torch.Tensor:
     """The activation values a kernel of format `fmt` multiplies by (float64), columns in packed order."""
     x = x.to(torch.float32)
     if perm is not None:
@@ -60,16 +69,16 @@ def activation(x: torch.Tensor, fmt: str, per_row: bool = False, perm: torch.Ten
         return x.double()
     if fmt == "bf16":
         return x.bfloat16().double()
-    return dequantize_activation(*quantize_activation_ref(x, per_row))
+    return dequantize_activation(*quantize_activation_ref(x, act_mode))
 
 
-def reference(weight: torch.Tensor, x: torch.Tensor, fmt: str, per_row: bool = False,
+def reference(weight: torch.Tensor, x: torch.Tensor, fmt: str, act_mode: str = "block",
               perm: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(y_ref, tolerance), both float64 [M, N], for dequantized weight [N, K] (input column order) and x [M, K]."""
     w = weight.double()
     if perm is not None:
         w = w[:, perm.long()]
-    a = activation(x, fmt, per_row, perm)
+    a = activation(x, fmt, act_mode, perm)
     y = a @ w.t()
     mag = a.abs() @ w.abs().t()
     k = w.shape[1]

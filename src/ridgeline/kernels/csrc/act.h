@@ -6,15 +6,22 @@
 // (q4_0's 8, the AVX-512 sign flip's 128) and to apply per-block minimums, once per block instead of
 // once per weight. Per-row mode (`per_row`, W8A8Linear's dynamic per-token quantization) uses one scale
 // for the whole row, xs = max(amax, 1e-12) / 127, and q = round_half_even(x / xs), exactly as
-// ridgeline.quant.linear.W8A8Linear does. The blocks of 32 are still what the kernels iterate over.
+// ridgeline.quant.linear.W8A8Linear does. MXINT8 mode reproduces ridgeline.quant.mx's mxint8
+// fake quantization exactly (power-of-two block scale 2^(floor(log2 amax) - 6), codes within +-127), for
+// modules whose activation format is mxint8. The blocks of 32 are what the kernels iterate over.
 // BF16: pairs of bf16 bits (one 32-bit word per two columns) and the same values as floats.
 // An optional column permutation (GPTQ act-order) is applied before quantizing: packed column i
 // reads input column perm[i].
 #pragma once
 
+#include <algorithm>
 #include "common.h"
 
 namespace rl {
+
+// How int8 activations are scaled: per block of 32 by amax/127, one scale per row (W8A8Linear), or
+// per block by a power of two (MXINT8, for modules whose activation format is mxint8).
+enum ActMode : int { Q8_BLOCK = 0, Q8_ROW = 1, MXINT8_ACT = 2 };
 
 struct Act {
   int64_t K = 0;
@@ -76,8 +83,10 @@ struct ActOps {
     for (int64_t i = 0; i < K / 2; ++i) a.bf[i] = (f32_bits(a.xb[2 * i]) >> 16) | (f32_bits(a.xb[2 * i + 1]) & 0xffff0000u);
   }
 
-  // int8 blocks of 32 (K a multiple of 32); perm: optional column gather; gathered: scratch of K floats
-  static void to_q8(const float* x, int64_t K, Act& a, bool per_row, const int32_t* perm, float* gathered) {
+  // int8 blocks of 32 (K a multiple of 32) in mode Q8_BLOCK, Q8_ROW or MXINT8 (see ActMode);
+  // perm: optional column gather; gathered: scratch of K floats
+  static void to_q8(const float* x, int64_t K, Act& a, int mode, const int32_t* perm, float* gathered) {
+    const bool per_row = mode == Q8_ROW;
     if (perm) {
       for (int64_t i = 0; i < K; ++i) gathered[i] = x[perm[i]];
       x = gathered;
@@ -95,7 +104,30 @@ struct ActOps {
       F x0 = V::loadf(x + 32 * b), x1 = V::loadf(x + 32 * b + 16);
       I q0, q1;
       float d;
-      if (per_row) {
+      if (mode == MXINT8_ACT) {
+        // OCP MXINT8 with microxcaling's conventions (ridgeline.quant.mx): shared exponent
+        // s = floor(log2 amax) in [-127, 127], codes round_half_even(x * 2^(6 - s)) within +-127
+        float amax = V::reduce_maxf(V::maxf(V::absf(x0), V::absf(x1)));
+        int e = 0;
+        std::frexp(amax, &e);
+        int s = amax > 0.0f ? std::clamp(e - 1, -127, 127) : -127;
+        d = exp2i(s - 6);
+        alignas(64) float t[32];
+        if (s >= -120) {
+          const float up = exp2i(6 - s);
+          for (int i = 0; i < 32; ++i) t[i] = x[32 * b + i] * up;  // exact: a power of two
+        } else {
+          for (int i = 0; i < 32; ++i) t[i] = std::ldexp(x[32 * b + i], 6 - s);
+        }
+        q0 = V::cvt_round(V::loadf(t));
+        q1 = V::cvt_round(V::loadf(t + 16));
+        alignas(64) int32_t c[32];
+        V::storei(c, q0);
+        V::storei(c + 16, q1);
+        for (int i = 0; i < 32; ++i) c[i] = std::clamp(c[i], -127, 127);
+        q0 = V::loadi(c);
+        q1 = V::loadi(c + 16);
+      } else if (per_row) {
         d = row_scale;
         // a true division, as W8A8Linear's x / xs (a multiply by 1/xs rounds differently)
         alignas(64) float t[32];

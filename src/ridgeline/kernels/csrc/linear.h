@@ -20,9 +20,9 @@ inline Runtime& runtime() {
   return rt;
 }
 
-// Fill rows[0..M) of `buf` with x [M, K] in the form `w` needs (`per_row`: W8A8's per-row scale).
+// Fill rows[0..M) of `buf` with x [M, K] in the form `w` needs (`mode`: an ActMode for int8 activations).
 template <class V>
-inline void prepare_acts(const Packed& w, const float* x, int M, bool per_row, ActBuffer& buf) {
+inline void prepare_acts(const Packed& w, const float* x, int M, int mode, ActBuffer& buf) {
   buf.ensure(M, w.K);
   for (int m = 0; m < M; ++m) {
     Act& a = buf.rows[size_t(m)];
@@ -30,18 +30,18 @@ inline void prepare_acts(const Packed& w, const float* x, int M, bool per_row, A
     switch (act_kind(w.fmt)) {
       case ActKind::F32: a.K = w.K; a.x = xm; break;
       case ActKind::BF16: ActOps<V>::to_bf16(xm, w.K, a); break;
-      case ActKind::Q8: ActOps<V>::to_q8(xm, w.K, a, per_row, w.perm.empty() ? nullptr : w.perm.data(), buf.gathered[size_t(m)]); break;
+      case ActKind::Q8: ActOps<V>::to_q8(xm, w.K, a, mode, w.perm.empty() ? nullptr : w.perm.data(), buf.gathered[size_t(m)]); break;
     }
   }
 }
 
 // y [M, N] = x [M, K] @ W^T (+ bias [N]), fp32 in and out.
 template <class V>
-inline void linear(const Packed& w, const float* x, int M, float* y, const float* bias, bool per_row) {
+inline void linear(const Packed& w, const float* x, int M, float* y, const float* bias, int mode) {
   if (M < 1 || M > 16) throw Error("linear takes 1 to 16 activation rows, got " + std::to_string(M));
   Runtime& rt = runtime();
   std::lock_guard<std::mutex> guard(rt.lock);
-  prepare_acts<V>(w, x, M, per_row, rt.acts);
+  prepare_acts<V>(w, x, M, mode, rt.acts);
   const Act* rows[16];
   for (int m = 0; m < M; ++m) rows[m] = &rt.acts.rows[size_t(m)];
   const int64_t N = w.N;

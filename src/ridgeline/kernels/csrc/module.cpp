@@ -10,6 +10,7 @@
 #include <chrono>
 #include "linear.h"
 #include "pack.h"
+#include "model.h"
 
 #ifndef RL_MODULE
 #error "RL_MODULE (the extension's module name) must be defined by the variant translation unit"
@@ -24,6 +25,7 @@ using rl::Isa;
 namespace {
 
 const char* kPackedName = "ridgeline.kernels.Packed";
+const char* kModelName = "ridgeline.kernels.Model";
 
 template <class T> T arg_int(PyObject* o, bool& ok) {
   if (!ok) return T(0);
@@ -55,7 +57,9 @@ template <class Fn> bool guarded(Fn&& f) {
 
 void packed_free(PyObject* cap) { delete static_cast<rl::Packed*>(PyCapsule_GetPointer(cap, kPackedName)); }
 
+void model_free(PyObject* cap) { delete static_cast<rl::Model*>(PyCapsule_GetPointer(cap, kModelName)); }
 rl::Packed* get_packed(PyObject* cap) { return static_cast<rl::Packed*>(PyCapsule_GetPointer(cap, kPackedName)); }
+rl::Model* get_model(PyObject* cap) { return static_cast<rl::Model*>(PyCapsule_GetPointer(cap, kModelName)); }
 
 PyObject* wrap_packed(rl::Packed&& p) {
   auto* heap = new rl::Packed(std::move(p));
@@ -178,7 +182,7 @@ PyObject* py_packed_info(PyObject*, PyObject* const* a, Py_ssize_t n) {
 
 // ---------------------------------------------------------------- kernels
 
-// linear(p, x, M, y, bias|0, per_row): y [M, N] = x [M, K] @ W^T + bias, float32
+// linear(p, x, M, y, bias|0, act_mode): y [M, N] = x [M, K] @ W^T + bias, float32
 PyObject* py_linear(PyObject*, PyObject* const* a, Py_ssize_t n) {
   if (!nargs(n, 6, "linear")) return nullptr;
   rl::Packed* p = get_packed(a[0]);
@@ -188,20 +192,20 @@ PyObject* py_linear(PyObject*, PyObject* const* a, Py_ssize_t n) {
   int M = arg_int<int>(a[2], ok);
   float* y = arg_ptr<float>(a[3], ok);
   const float* bias = arg_ptr<const float>(a[4], ok);
-  int per_row = arg_int<int>(a[5], ok);
+  int mode = arg_int<int>(a[5], ok);
   if (!ok) return nullptr;
-  if (!guarded([&] { rl::linear<Isa>(*p, x, M, y, bias, per_row != 0); })) return nullptr;
+  if (!guarded([&] { rl::linear<Isa>(*p, x, M, y, bias, mode); })) return nullptr;
   Py_RETURN_NONE;
 }
 
-// quantize_act(x, M, K, per_row, perm|0, q, d, s32): the int8 activation blocks the kernels use
+// quantize_act(x, M, K, act_mode, perm|0, q, d, s32): the int8 activation blocks the kernels use
 PyObject* py_quantize_act(PyObject*, PyObject* const* a, Py_ssize_t n) {
   if (!nargs(n, 8, "quantize_act")) return nullptr;
   bool ok = true;
   const float* x = arg_ptr<const float>(a[0], ok);
   int M = arg_int<int>(a[1], ok);
   int64_t K = arg_int<int64_t>(a[2], ok);
-  int per_row = arg_int<int>(a[3], ok);
+  int mode = arg_int<int>(a[3], ok);
   const int32_t* perm = arg_ptr<const int32_t>(a[4], ok);
   int8_t* q = arg_ptr<int8_t>(a[5], ok);
   float* d = arg_ptr<float>(a[6], ok);
@@ -213,13 +217,152 @@ PyObject* py_quantize_act(PyObject*, PyObject* const* a, Py_ssize_t n) {
         buf.ensure(1, K);
         for (int m = 0; m < M; ++m) {
           rl::Act& act = buf.rows[0];
-          rl::ActOps<Isa>::to_q8(x + int64_t(m) * K, K, act, per_row != 0, perm, buf.gathered[0]);
+          rl::ActOps<Isa>::to_q8(x + int64_t(m) * K, K, act, mode, perm, buf.gathered[0]);
           std::memcpy(q + int64_t(m) * K, act.q, size_t(K));
           std::memcpy(d + int64_t(m) * (K / 32), act.d, size_t(K / 32) * 4);
           std::memcpy(s32 + int64_t(m) * (K / 32), act.s32, size_t(K / 32) * 4);
         }
       }))
     return nullptr;
+  Py_RETURN_NONE;
+}
+
+
+// ---------------------------------------------------------------- native model
+
+// model_new(layers, d, ffn, nq, nkv, hd, vocab, max_len, eps, scale, bf16, kv_dtype)
+PyObject* py_model_new(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (!nargs(n, 12, "model_new")) return nullptr;
+  bool ok = true;
+  rl::ModelConfig c;
+  c.layers = arg_int<int>(a[0], ok); c.d = arg_int<int>(a[1], ok); c.ffn = arg_int<int>(a[2], ok);
+  c.nq = arg_int<int>(a[3], ok); c.nkv = arg_int<int>(a[4], ok); c.hd = arg_int<int>(a[5], ok);
+  c.vocab = arg_int<int>(a[6], ok); c.max_len = arg_int<int64_t>(a[7], ok);
+  if (!ok) return nullptr;
+  c.eps = float(PyFloat_AsDouble(a[8]));
+  c.scale = float(PyFloat_AsDouble(a[9]));
+  if (PyErr_Occurred()) return nullptr;
+  c.bf16 = arg_int<int>(a[10], ok); c.kv_dtype = arg_int<int>(a[11], ok);
+  if (!ok) return nullptr;
+  rl::Model* m = nullptr;
+  if (!guarded([&] { m = new rl::Model(c); })) return nullptr;
+  PyObject* cap = PyCapsule_New(m, kModelName, model_free);
+  if (!cap) delete m;
+  return cap;
+}
+
+// model_add_linear(model, layer, which, packed, act_mode): which 0 qkv, 1 o, 2 gate/up, 3 down, 4 head
+PyObject* py_model_add_linear(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (!nargs(n, 5, "model_add_linear")) return nullptr;
+  rl::Model* m = get_model(a[0]);
+  if (!m) return nullptr;
+  bool ok = true;
+  int layer = arg_int<int>(a[1], ok), which = arg_int<int>(a[2], ok);
+  rl::Packed* p = get_packed(a[3]);
+  if (!p) return nullptr;
+  int mode = arg_int<int>(a[4], ok);
+  if (!ok) return nullptr;
+  if (!guarded([&] {
+        if (which == 4) { m->head.add(p, mode); return; }
+        if (layer < 0 || layer >= m->c.layers || which < 0 || which > 3) throw rl::Error("bad layer or linear index");
+        rl::Layer& L = m->layers[size_t(layer)];
+        rl::LinearOp* ops[] = {&L.qkv, &L.o, &L.w13, &L.w2};
+        ops[which]->add(p, mode);
+      }))
+    return nullptr;
+  Py_RETURN_NONE;
+}
+
+// model_set_vector(model, layer, which, ptr, n): which 0 attn_norm, 1 ffn_norm, 2 qkv_bias, 3 final_norm
+PyObject* py_model_set_vector(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (!nargs(n, 5, "model_set_vector")) return nullptr;
+  rl::Model* m = get_model(a[0]);
+  if (!m) return nullptr;
+  bool ok = true;
+  int layer = arg_int<int>(a[1], ok), which = arg_int<int>(a[2], ok);
+  const float* src = arg_ptr<const float>(a[3], ok);
+  int64_t len = arg_int<int64_t>(a[4], ok);
+  if (!ok) return nullptr;
+  if (!guarded([&] {
+        std::vector<float> v(src, src + len);
+        if (which == 3) { m->final_norm = std::move(v); return; }
+        if (layer < 0 || layer >= m->c.layers || which < 0 || which > 2) throw rl::Error("bad layer or vector index");
+        rl::Layer& L = m->layers[size_t(layer)];
+        (which == 0 ? L.attn_norm : which == 1 ? L.ffn_norm : L.qkv_bias) = std::move(v);
+      }))
+    return nullptr;
+  Py_RETURN_NONE;
+}
+
+// model_set_tables(model, embed_ptr, embed_bf16, cos_ptr, sin_ptr): the embedding stays owned by Python
+PyObject* py_model_set_tables(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (!nargs(n, 5, "model_set_tables")) return nullptr;
+  rl::Model* m = get_model(a[0]);
+  if (!m) return nullptr;
+  bool ok = true;
+  const void* embed = arg_ptr<const void>(a[1], ok);
+  int bf = arg_int<int>(a[2], ok);
+  const float* cs = arg_ptr<const float>(a[3], ok);
+  const float* sn = arg_ptr<const float>(a[4], ok);
+  if (!ok) return nullptr;
+  const size_t len = size_t(m->c.max_len * m->c.hd);
+  m->embed = embed;
+  m->embed_bf16 = bf;
+  m->cos.assign(cs, cs + len);
+  m->sin.assign(sn, sn + len);
+  Py_RETURN_NONE;
+}
+
+PyObject* py_model_finalize(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (!nargs(n, 1, "model_finalize")) return nullptr;
+  rl::Model* m = get_model(a[0]);
+  if (!m) return nullptr;
+  if (!guarded([&] { m->finalize(); })) return nullptr;
+  return PyLong_FromLongLong(m->kv_bytes());
+}
+
+// model_forward(model, tokens, positions, M, vis|0, logits, all_logits, logits_bf16)
+PyObject* py_model_forward(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (!nargs(n, 8, "model_forward")) return nullptr;
+  rl::Model* m = get_model(a[0]);
+  if (!m) return nullptr;
+  bool ok = true;
+  const int64_t* tokens = arg_ptr<const int64_t>(a[1], ok);
+  const int64_t* pos = arg_ptr<const int64_t>(a[2], ok);
+  int M = arg_int<int>(a[3], ok);
+  const uint8_t* vis = arg_ptr<const uint8_t>(a[4], ok);
+  void* logits = arg_ptr<void>(a[5], ok);
+  int all = arg_int<int>(a[6], ok), lbf = arg_int<int>(a[7], ok);
+  if (!ok) return nullptr;
+  if (!guarded([&] { m->forward(tokens, pos, M, vis, logits, all != 0, lbf != 0); })) return nullptr;
+  return PyLong_FromLongLong(m->length);
+}
+
+// model_length(model, new_length or -1): the cache length (set it with a value in 0..length: truncation)
+PyObject* py_model_length(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (!nargs(n, 2, "model_length")) return nullptr;
+  rl::Model* m = get_model(a[0]);
+  if (!m) return nullptr;
+  bool ok = true;
+  int64_t len = arg_int<int64_t>(a[1], ok);
+  if (!ok) return nullptr;
+  if (len >= 0) {
+    if (len > m->length) { PyErr_SetString(PyExc_ValueError, "cannot extend the cache length"); return nullptr; }
+    m->length = len;
+  }
+  return PyLong_FromLongLong(m->length);
+}
+
+// model_compact(model, keep_ptr, n): keep these ascending slots, moved to 0..n-1
+PyObject* py_model_compact(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (!nargs(n, 3, "model_compact")) return nullptr;
+  rl::Model* m = get_model(a[0]);
+  if (!m) return nullptr;
+  bool ok = true;
+  const int64_t* keep = arg_ptr<const int64_t>(a[1], ok);
+  int64_t cnt = arg_int<int64_t>(a[2], ok);
+  if (!ok) return nullptr;
+  if (!guarded([&] { std::lock_guard<std::mutex> g(rl::runtime().lock); m->compact(keep, cnt); })) return nullptr;
   Py_RETURN_NONE;
 }
 
@@ -236,6 +379,14 @@ PyMethodDef methods[] = {
     {"packed_info", (PyCFunction)(void (*)(void))py_packed_info, METH_FASTCALL, "(fmt, N, K, stream bytes)"},
     {"linear", (PyCFunction)(void (*)(void))py_linear, METH_FASTCALL, "y = x @ W^T + b"},
     {"quantize_act", (PyCFunction)(void (*)(void))py_quantize_act, METH_FASTCALL, "int8 activation blocks"},
+    {"model_new", (PyCFunction)(void (*)(void))py_model_new, METH_FASTCALL, "a native decode model"},
+    {"model_add_linear", (PyCFunction)(void (*)(void))py_model_add_linear, METH_FASTCALL, "append a weight segment"},
+    {"model_set_vector", (PyCFunction)(void (*)(void))py_model_set_vector, METH_FASTCALL, "norm weights, biases"},
+    {"model_set_tables", (PyCFunction)(void (*)(void))py_model_set_tables, METH_FASTCALL, "embedding, rope tables"},
+    {"model_finalize", (PyCFunction)(void (*)(void))py_model_finalize, METH_FASTCALL, "check and allocate"},
+    {"model_forward", (PyCFunction)(void (*)(void))py_model_forward, METH_FASTCALL, "run up to 16 tokens"},
+    {"model_length", (PyCFunction)(void (*)(void))py_model_length, METH_FASTCALL, "cache length"},
+    {"model_compact", (PyCFunction)(void (*)(void))py_model_compact, METH_FASTCALL, "keep cache slots"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, RL_STR(RL_MODULE), "ridgeline native kernels", -1, methods,
