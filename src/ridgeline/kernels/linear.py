@@ -143,17 +143,22 @@ class PackedLinear:
         """The act-order column permutation, if any."""
         return getattr(self, "_perm", None)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x [..., K] (any float dtype) -> y [..., N] float32."""
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """x [..., K] (any float dtype) -> y [..., N] float32 (into `out`, float32 [rows, N], if given)."""
         lead = x.shape[:-1]
-        x2 = _check_x(x, self.in_features)
-        y = torch.empty(x2.shape[0], self.out_features, dtype=torch.float32)
-        mod = native()
+        x2 = x if (x.dtype == torch.float32 and x.dim() == 2 and x.is_contiguous()
+                   and x.shape[1] == self.in_features) else _check_x(x, self.in_features)
+        rows, n = x2.shape[0], self.out_features
+        if out is None:
+            out = torch.empty(rows, n, dtype=torch.float32)
+        elif out.dtype != torch.float32 or not out.is_contiguous() or out.numel() != rows * n:
+            raise RidgelineError(f"out must be a contiguous float32 tensor of {rows} x {n} values")
+        linear = native().linear
         bias = 0 if self.bias is None else self.bias.data_ptr()
-        for m0 in range(0, x2.shape[0], 16):
-            m = min(16, x2.shape[0] - m0)
-            mod.linear(self.handle, x2[m0].data_ptr(), m, y[m0].data_ptr(), bias, ACT_MODES[self.act_mode])
-        return y.view(*lead, self.out_features)
+        mode, xp, yp, k = ACT_MODES[self.act_mode], x2.data_ptr(), out.data_ptr(), self.in_features
+        for m0 in range(0, rows, 16):
+            linear(self.handle, xp + 4 * m0 * k, min(16, rows - m0), yp + 4 * m0 * n, bias, mode)
+        return out.view(*lead, n)
 
     def __repr__(self) -> str:
         return (f"PackedLinear({self.fmt}, out_features={self.out_features}, in_features={self.in_features}, "

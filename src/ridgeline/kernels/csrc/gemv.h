@@ -43,6 +43,23 @@ struct Kernels {
   }
   static inline F scale_from_exp(const uint8_t* e) { return V::pow2i(V::subi(V::load_u8(e), V::seti(127))); }
 
+  using W = typename V::W;
+  // s[m] += dot products of quads [q0, q1) with the codes unpack(q) gives (unsigned, small), summed in the
+  // narrow accumulator and widened every FLUSH quads. FLUSH * 2 * max_code * 127 must stay below 2^15:
+  // 4-bit codes 8 quads, 5-bit (and tables up to 31) 4, 6-bit 2.
+  template <int MB, int FLUSH, class Unpack>
+  static inline void dots(I* s, const Act* const* a, int64_t b, int q0, int q1, Unpack&& unpack) {
+    for (int f = q0; f < q1; f += FLUSH) {
+      W w[MB];
+      for (int m = 0; m < MB; ++m) w[m] = V::wzero();
+      for (int q = f; q < f + FLUSH && q < q1; ++q) {
+        B u = unpack(q);
+        for (int m = 0; m < MB; ++m) w[m] = V::wdot(w[m], u, a[m]->q4()[8 * b + q]);
+      }
+      for (int m = 0; m < MB; ++m) s[m] = V::wflush(s[m], w[m]);
+    }
+  }
+
   // ---- quantized kernels: struct with the row group's sections and `block<MB>`
   template <int OFFSET, bool FIVE>
   struct LegacyQ {  // q4_0 (offset 8), q5_0 (offset 16): fp16 d per block
@@ -54,11 +71,7 @@ struct Kernels {
       I s[MB];
       for (int m = 0; m < MB; ++m) s[m] = V::seti(-OFFSET * a[m]->s32[b]);
       B h = FIVE ? V::loadb(tb + 256) : V::set1b(0);
-      for (int q = 0; q < 8; ++q) {
-        B u = nib(tb, q);
-        if (FIVE) u = V::bor(u, bit4(h, q));
-        for (int m = 0; m < MB; ++m) s[m] = V::dot_u8s8(s[m], u, a[m]->q4()[8 * b + q]);
-      }
+      dots<MB, FIVE ? 4 : 8>(s, a, b, 0, 8, [&](int q) { B u = nib(tb, q); return FIVE ? V::bor(u, bit4(h, q)) : u; });
       F wd = V::load_f16(d + 16 * b);
       for (int m = 0; m < MB; ++m) acc[m] = V::fmadd(V::cvtf(s[m]), V::mulf(wd, V::setf(a[m]->d[b])), acc[m]);
     }
@@ -74,11 +87,7 @@ struct Kernels {
       I s[MB];
       for (int m = 0; m < MB; ++m) s[m] = V::seti(0);
       B h = FIVE ? V::loadb(tb + 256) : V::set1b(0);
-      for (int q = 0; q < 8; ++q) {
-        B u = nib(tb, q);
-        if (FIVE) u = V::bor(u, bit4(h, q));
-        for (int m = 0; m < MB; ++m) s[m] = V::dot_u8s8(s[m], u, a[m]->q4()[8 * b + q]);
-      }
+      dots<MB, FIVE ? 4 : 8>(s, a, b, 0, 8, [&](int q) { B u = nib(tb, q); return FIVE ? V::bor(u, bit4(h, q)) : u; });
       F wd = V::load_f16(d + 32 * b), wm = V::load_f16(d + 32 * b + 16);
       for (int m = 0; m < MB; ++m) {
         F t1 = V::fmadd(wm, V::setf(a[m]->ds[b]), acc[m]);
@@ -127,10 +136,7 @@ struct Kernels {
       const uint8_t* tb = t + b * 256;
       I s[MB];
       for (int m = 0; m < MB; ++m) s[m] = V::seti(-12 * a[m]->s32[b]);
-      for (int q = 0; q < 8; ++q) {
-        B u = V::lut16(nib(tb, q), table);
-        for (int m = 0; m < MB; ++m) s[m] = V::dot_u8s8(s[m], u, a[m]->q4()[8 * b + q]);
-      }
+      dots<MB, 4>(s, a, b, 0, 8, [&](int q) { return V::lut16(nib(tb, q), table); });
       F ws = scale_from_exp(e + 16 * b);
       for (int m = 0; m < MB; ++m) acc[m] = V::fmadd(V::cvtf(s[m]), V::mulf(ws, V::setf(a[m]->d[b])), acc[m]);
     }
@@ -146,14 +152,8 @@ struct Kernels {
       I s[MB], sh[MB];
       for (int m = 0; m < MB; ++m) { s[m] = V::seti(-OFF * a[m]->s32[b]); sh[m] = V::seti(0); }
       B h = V::loadb(tb + 256);
-      for (int q = 0; q < 8; ++q) {
-        B u = V::bor(nib(tb, q), bit4(h, q));
-        for (int m = 0; m < MB; ++m) s[m] = V::dot_u8s8(s[m], u, a[m]->q4()[8 * b + q]);
-        if (EIGHT) {
-          B uh = nib(tb + 320, q);
-          for (int m = 0; m < MB; ++m) sh[m] = V::dot_u8s8(sh[m], uh, a[m]->q4()[8 * b + q]);
-        }
-      }
+      dots<MB, 4>(s, a, b, 0, 8, [&](int q) { return V::bor(nib(tb, q), bit4(h, q)); });
+      if (EIGHT) dots<MB, 8>(sh, a, b, 0, 8, [&](int q) { return nib(tb + 320, q); });
       F ws = scale_from_exp(e + 16 * b);
       for (int m = 0; m < MB; ++m) {
         I tot = EIGHT ? V::addi(s[m], V::muli(sh[m], V::seti(32))) : s[m];
@@ -174,11 +174,7 @@ struct Kernels {
       I s[MB];
       for (int m = 0; m < MB; ++m) s[m] = V::seti(0);
       B h = FIVE ? V::loadb(tb + 256) : V::set1b(0);
-      for (int q = 0; q < 8; ++q) {
-        B u = nib(tb, q);
-        if (FIVE) u = V::bor(u, bit4(h, q));
-        for (int m = 0; m < MB; ++m) s[m] = V::dot_u8s8(s[m], u, a[m]->q4()[8 * b + q]);
-      }
+      dots<MB, FIVE ? 4 : 8>(s, a, b, 0, 8, [&](int q) { B u = nib(tb, q); return FIVE ? V::bor(u, bit4(h, q)) : u; });
       const uint16_t* S16 = reinterpret_cast<const uint16_t*>(S);
       // (d*sc) and (dmin*m) rounded to fp32 as ggml's dequantization does
       F sc = V::mulf(V::load_f16(S16), V::cvtf(V::load_u8(S + 64 + 16 * j)));
@@ -199,13 +195,9 @@ struct Kernels {
       const int j = int(b & 7);
       I lo[MB], hi[MB];  // the two sub-blocks of 16: quads 0-3 and 4-7
       for (int m = 0; m < MB; ++m) { lo[m] = V::seti(-32 * a[m]->s16[2 * b]); hi[m] = V::seti(-32 * a[m]->s16[2 * b + 1]); }
-      for (int q = 0; q < 8; ++q) {
-        B u = V::bor(nib(tb, q), bits45(tb + 256, q));
-        for (int m = 0; m < MB; ++m) {
-          if (q < 4) lo[m] = V::dot_u8s8(lo[m], u, a[m]->q4()[8 * b + q]);
-          else hi[m] = V::dot_u8s8(hi[m], u, a[m]->q4()[8 * b + q]);
-        }
-      }
+      auto unpack = [&](int q) { return V::bor(nib(tb, q), bits45(tb + 256, q)); };
+      dots<MB, 2>(lo, a, b, 0, 4, unpack);
+      dots<MB, 2>(hi, a, b, 4, 8, unpack);
       I sl = V::load_s8(reinterpret_cast<const int8_t*>(S + 32 + 16 * (2 * j)));
       I sh = V::load_s8(reinterpret_cast<const int8_t*>(S + 32 + 16 * (2 * j + 1)));
       F d = V::load_f16(reinterpret_cast<const uint16_t*>(S));
@@ -238,10 +230,7 @@ struct Kernels {
         }
       } else {
         const uint8_t* tb = t + b * 256;
-        for (int q = 0; q < 8; ++q) {
-          B u = nib(tb, q);
-          for (int m = 0; m < MB; ++m) s[m] = V::dot_u8s8(s[m], u, a[m]->q4()[8 * b + q]);
-        }
+        dots<MB, 8>(s, a, b, 0, 8, [&](int q) { return nib(tb, q); });
       }
       F ws = V::loadf(sc + 16 * g);
       for (int m = 0; m < MB; ++m) {

@@ -51,6 +51,19 @@ struct Isa {
     __m256i pb = _mm256_maddubs_epi16(_mm256_sign_epi8(w.b, w.b), _mm256_sign_epi8(a, w.b));
     return {_mm256_add_epi32(acc.a, _mm256_madd_epi16(pa, ones)), _mm256_add_epi32(acc.b, _mm256_madd_epi16(pb, ones))};
   }
+  // Narrow accumulator for small codes: vpmaddubsw results summed in int16 over a few quads (the caller
+  // bounds how many: sum of 2*u*127 per quad must stay below 2^15), widened once by vpmaddwd. Saves the
+  // widening multiply of every quad: 2 instead of 3 operations per 8 rows and 4 columns.
+  struct W { __m256i a, b; };
+  static inline W wzero() { __m256i z = _mm256_setzero_si256(); return {z, z}; }
+  static inline W wdot(W acc, B u, int32_t a4) {
+    const __m256i a = _mm256_set1_epi32(a4);
+    return {_mm256_add_epi16(acc.a, _mm256_maddubs_epi16(u.a, a)), _mm256_add_epi16(acc.b, _mm256_maddubs_epi16(u.b, a))};
+  }
+  static inline I wflush(I acc, W w) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    return {_mm256_add_epi32(acc.a, _mm256_madd_epi16(w.a, ones)), _mm256_add_epi32(acc.b, _mm256_madd_epi16(w.b, ones))};
+  }
   static inline F dot_bf16(F acc, B w, uint32_t /*pair*/, float x0, float x1) {
     const __m256i hi = _mm256_set1_epi32(int(0xffff0000u));
     const __m256 v0 = _mm256_set1_ps(x0), v1 = _mm256_set1_ps(x1);

@@ -101,6 +101,11 @@ struct Isa {
   static inline I dot_s8s8(I acc, B w, int32_t a4) {
     return _mm512_dpbusd_epi32(acc, _mm512_xor_si512(w, _mm512_set1_epi8(char(0x80))), _mm512_set1_epi32(a4));
   }
+  // vpdpbusd accumulates in int32 already: the narrow accumulator is the int32 one
+  using W = __m512i;
+  static inline W wzero() { return _mm512_setzero_si512(); }
+  static inline W wdot(W acc, B u, int32_t a4) { return _mm512_dpbusd_epi32(acc, u, _mm512_set1_epi32(a4)); }
+  static inline I wflush(I acc, W w) { return _mm512_add_epi32(acc, w); }
   static inline F dot_bf16(F acc, B w, uint32_t pair, float /*x0*/, float /*x1*/) {
     return {_mm512_dpbf16_ps(acc.v, (__m512bh)w, (__m512bh)_mm512_set1_epi32(int(pair)))};
   }

@@ -51,6 +51,11 @@ struct Isa {
       acc.v[l] += s[4 * l] * a[0] + s[4 * l + 1] * a[1] + s[4 * l + 2] * a[2] + s[4 * l + 3] * a[3];
     return acc;
   }
+  // the narrow accumulator of small-code dot products (int16 on AVX2) is plain int32 here
+  using W = I;
+  static inline W wzero() { return seti(0); }
+  static inline W wdot(W acc, B u, int32_t a4) { return dot_u8s8(acc, u, a4); }
+  static inline I wflush(I acc, W w) { return addi(acc, w); }
   // acc + w[2l]*x0 + w[2l+1]*x1 for bf16 pairs per lane; x0, x1 are bf16-valued floats, pair their bits
   static inline F dot_bf16(F acc, B w, uint32_t /*pair*/, float x0, float x1) {
     for (int l = 0; l < 16; ++l) {
