@@ -252,9 +252,12 @@ def test_bundled_formats_diverge_only_at_near_ties(fmt, smollm2):
     else:
         model = copy.deepcopy(model)
         quant.quantize_(model, quant.RTNConfig(bits=8) if fmt == "int8" else quant.GGUFConfig(fmt))
-        native = NativeCausalLM.from_hf(model, 256, head_format=fmt if fmt != "int8" else None)
+        head = None
         if fmt != "int8":  # llama.cpp's head: the tied embedding the recipe stored dequantized, re-encoded exactly
-            assert native.formats[fmt] == 211
+            head = model.ridgeline_quant["float_tensors"]["token_embd.weight"].split()[0]
+        native = NativeCausalLM.from_hf(model, 256, head_format=head)
+        if head:
+            assert native.formats == ({fmt: 211} if head == fmt else {fmt: 210, head: 1})
     for text in PROMPTS[:2]:
         ids = tok(text, return_tensors="pt").input_ids
         seq, got = _greedy_with_logits(native, ids, 32)
@@ -262,5 +265,5 @@ def test_bundled_formats_diverge_only_at_near_ties(fmt, smollm2):
             ref = model(seq).logits[0, ids.shape[1] - 1:-1]
         # bf16: 30 layers of bf16 rounding in a different summation order. int8 activation blocks: SmolLM2's
         # activation outliers make them move logits by about as much as the 8-bit weights themselves do
-        # (max ~1.5, mean ~0.2 at a logit std of ~6.7, measured for q8_0, int8 and mxint8 alike)
-        check_near_ties(got, ref, scale=(0.2 if fmt == "bf16" else 0.35) * float(ref.float().std()))
+        # (max ~1.5-2.7, mean ~0.2 at a logit std of ~6.7, measured for q8_0, int8 and mxint8 alike)
+        check_near_ties(got, ref, scale=(0.2 if fmt == "bf16" else 0.5) * float(ref.float().std()))

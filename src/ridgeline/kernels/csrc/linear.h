@@ -1,6 +1,6 @@
 // A standalone linear call: quantize/convert the activation rows once, then split the row groups of
-// the weight statically across the pool's threads (contiguous ranges, balanced by count; no thread
-// ever writes another's rows, so nothing is reduced across threads).
+// the weight into contiguous ranges that the pool's threads claim (no thread ever writes another's
+// rows, so nothing is reduced across threads).
 #pragma once
 
 #include <mutex>
@@ -50,10 +50,16 @@ inline void linear(const Packed& w, const float* x, int M, float* y, const float
     float* ym = y + int64_t(m) * N;
     for (int64_t n = n0; n < n1; ++n) ym[n] = out[n - n0] + (bias ? bias[n] : 0.0f);
   };
-  rt.pool.run([&](int tid, int nt) {
-    int64_t g0, g1;
-    split_range(w.ng, nt, tid, g0, g1);
-    Kernels<V>::rows(w, rows, M, g0, g1, epi);
+  // a few partitions per thread: a slow or descheduled thread leaves its share to the others
+  const int parts = int(std::min<int64_t>(w.ng, 4 * rt.pool.threads()));
+  Claims claims;
+  claims.reset(parts);
+  rt.pool.run([&](int, int) {
+    claims.work([&](int p) {
+      int64_t g0, g1;
+      split_range(w.ng, parts, p, g0, g1);
+      Kernels<V>::rows(w, rows, M, g0, g1, epi);
+    });
   });
 }
 

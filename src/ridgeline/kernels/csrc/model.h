@@ -1,15 +1,17 @@
 // The native decode model: a llama/mistral/qwen2 decoder whose whole step (every layer and the head)
-// runs in one C++ call, SPMD on the thread pool with barriers between dependent phases.
+// runs in one C++ call on the thread pool, as a sequence of phases separated by hand-overs.
 //
-// Per layer, each thread (static partitions computed once per thread count, balanced by weight bytes):
-//   P1  RMSNorm + activation quantization of x (every thread, privately: cheaper than a barrier), then
-//       its share of the fused q/k/v heads; per finished head: bias, rope at the token's position,
-//       queries to the query buffer, keys/values into the KV store at the token's slot       | barrier
-//   P2  attention tasks (KV head x slot chunk) -> softmax partials                             | barrier
-//   P3  merge the partials (privately), quantize, its rows of o_proj added into x (residual)   | barrier
-//   P4  RMSNorm + quantization (privately), its gate/up row pairs, silu(gate)*up into h         | barrier
-//   P5  quantization of h (privately), its rows of down_proj added into x                     | barrier
-// and after the last layer the final norm and the head's rows into the logits. Numerics follow
+// Per layer (partitions: contiguous output rows / heads / attention tasks, computed once per thread
+// count and balanced by weight bytes; threads claim them, see threadpool.h):
+//   P1  RMSNorm + activation quantization of x (by each thread that works in the phase, privately:
+//       cheaper than another hand-over), q/k/v heads; per finished head: bias, rope at the token's
+//       position, queries to the query buffer, keys/values into the KV store at the token's slot
+//   P2  attention tasks (KV head x slot chunk) -> softmax partials
+//   P3  merge the partials (privately), quantize, o_proj rows added into x (residual)
+//   P4  RMSNorm + quantization (privately), gate/up row pairs, silu(gate)*up into h
+//   P5  quantization of h (privately), down_proj rows added into x
+// and after the last layer the final norm and the head's rows into the logits. Each phase starts when
+// the previous one has finished: 5 hand-overs per layer. Numerics follow
 // ridgeline.measure.lean (fp32 stats; with a bf16 model every tensor lean holds in bf16 is rounded to
 // bf16 at the same points); the linear kernels' own arithmetic is described in gemv.h.
 //
@@ -164,7 +166,8 @@ class Model {
     const int64_t L = length + M;
     Step st{tokens, positions, M, Visibility{vis, L, length}, logits, all_logits, logits_bf16, L,
             chunks_for(L, std::max<int64_t>(1, rt.pool.threads()))};
-    rt.pool.run([&](int tid, int nt) { step(st, tid, nt, rt.pool); });
+    reset_claims(st);
+    rt.pool.run([&](int tid, int) { step(st, tid); });
     length = L;
   }
 
@@ -202,8 +205,9 @@ class Model {
     }
   }
 
-  // Contiguous split of `weights` into nt ranges of about equal sum.
+  // Contiguous split of `weights` into nt ranges of about equal sum (nt is clamped to the unit count).
   static std::vector<int64_t> balance(const std::vector<int64_t>& weights, int nt) {
+    nt = std::max(1, std::min(nt, int(weights.size())));
     std::vector<int64_t> b(size_t(nt) + 1, int64_t(weights.size()));
     b[0] = 0;
     int64_t total = 0;
@@ -218,9 +222,10 @@ class Model {
     return b;
   }
 
-  void prepare_threads(int nt) {
-    if (nt == nthreads_) return;
-    nthreads_ = nt;
+  void prepare_threads(int threads) {
+    if (threads == nthreads_) return;
+    nthreads_ = threads;
+    const int nt = 2 * threads;  // partitions per phase: two per thread, so a slow thread's share moves
     const int64_t per_head = c.hd / RG;
     auto rows = [&](const LinearOp& op) {
       std::vector<int64_t> v;
@@ -250,8 +255,9 @@ class Model {
       for (const LinearOp* op : {&L.qkv, &L.o, &L.w13, &L.w2}) nvar = std::max(nvar, op->variants.size());
     nvar = std::max(nvar, head.variants.size());
     const int64_t widest = std::max<int64_t>({c.d, c.ffn, int64_t(c.nq) * c.hd});
+    claims_ = std::vector<Claims>(size_t(5 * c.layers + 1));
     scratch_.clear();
-    scratch_.resize(size_t(nt));
+    scratch_.resize(size_t(threads));
     for (Scratch& s : scratch_) {
       s.acts.resize(nvar);
       for (ActBuffer& a : s.acts) a.ensure(16, widest);
@@ -294,7 +300,22 @@ class Model {
     }
   }
 
-  void step(const Step& st, int tid, int nt, ThreadPool& pool) {
+  static int parts(const std::vector<int64_t>& bounds) { return int(bounds.size()) - 1; }
+
+  // Phase hand-overs of one forward: reset every phase's claims for this step.
+  void reset_claims(const Step& st) {
+    size_t i = 0;
+    for (const Parts& P : lparts_) {
+      claims_[i++].reset(parts(P.qkv));
+      claims_[i++].reset(int(c.nkv * st.nchunks));
+      claims_[i++].reset(parts(P.o));
+      claims_[i++].reset(parts(P.w13));
+      claims_[i++].reset(parts(P.w2));
+    }
+    claims_[i].reset(parts(parts_head_));
+  }
+
+  void step(const Step& st, int tid) {
     Scratch& s = scratch_[size_t(tid)];
     const int M = st.M;
     const bool bf = c.bf16 != 0;
@@ -303,86 +324,104 @@ class Model {
     float* q = q_.as<float>();
     float* h = h_.as<float>();
     float* normed = s.normed.as<float>();
+    float* attn = s.attn.as<float>();
     const int64_t qkv_n = int64_t(c.nq + 2 * c.nkv) * c.hd, qn = int64_t(c.nq) * c.hd;
     const int group = c.nq / c.nkv;
+    size_t phase = 0;
+    // run `work(part)` for the parts of the next phase this thread claims, after the previous phase is
+    // done; `prepare()` (this thread's private inputs) runs once, before its first claimed part
+    auto run_phase = [&](auto&& prepare, auto&& work) {
+      if (phase) claims_[phase - 1].wait();
+      bool ready = false;
+      claims_[phase].work([&](int p) {
+        if (!ready) { prepare(); ready = true; }
+        work(p);
+      });
+      ++phase;
+    };
+    auto add_x = [&](int64_t g, int m, const float* out) {
+      float* xr = x + int64_t(m) * c.d + g * RG;
+      for (int i = 0; i < RG; ++i) xr[i] = bf ? round_bf16(xr[i] + round_bf16(out[i])) : xr[i] + out[i];
+    };
     for (int li = 0; li < c.layers; ++li) {
       const Layer& Ly = layers[size_t(li)];
       const Parts& P = lparts_[size_t(li)];
       // P1: norm, q/k/v heads, rope, cache writes
-      for (int m = 0; m < M; ++m) Ops<V>::rmsnorm(x + int64_t(m) * c.d, Ly.attn_norm.data(), c.d, c.eps, bf, normed + int64_t(m) * c.d);
-      prepare(Ly.qkv, normed, M, s);
       auto to_y = [&](int64_t g, int m, const float* out) { std::memcpy(y + int64_t(m) * qkv_n + g * RG, out, RG * 4); };
-      for (int64_t hh = P.qkv[size_t(tid)]; hh < P.qkv[size_t(tid) + 1]; ++hh) {
-        const int64_t per = c.hd / RG;
-        run_rows(Ly.qkv, M, hh * per, (hh + 1) * per, s, to_y);
-        for (int m = 0; m < M; ++m) {
-          float* v = y + int64_t(m) * qkv_n + hh * c.hd;
-          if (!Ly.qkv_bias.empty())
-            for (int i = 0; i < c.hd; ++i) v[i] += Ly.qkv_bias[size_t(hh * c.hd + i)];
-          if (bf) for (int i = 0; i < c.hd; ++i) v[i] = round_bf16(v[i]);
-          const int64_t slot = length + m;
-          if (hh < c.nq + c.nkv) Ops<V>::rope(v, cos.data() + st.pos[m] * c.hd, sin.data() + st.pos[m] * c.hd, c.hd, bf);
-          if (hh < c.nq) std::memcpy(q + int64_t(m) * qn + hh * c.hd, v, size_t(c.hd) * 4);
-          else if (hh < c.nq + c.nkv) kv_->write(li, int(hh - c.nq), slot, v, nullptr);
-          else kv_->write(li, int(hh - c.nq - c.nkv), slot, nullptr, v);
-        }
-      }
-      pool.barrier();
+      run_phase(
+          [&] {
+            for (int m = 0; m < M; ++m)
+              Ops<V>::rmsnorm(x + int64_t(m) * c.d, Ly.attn_norm.data(), c.d, c.eps, bf, normed + int64_t(m) * c.d);
+            prepare(Ly.qkv, normed, M, s);
+          },
+          [&](int p) {
+            const int64_t per = c.hd / RG;
+            for (int64_t hh = P.qkv[size_t(p)]; hh < P.qkv[size_t(p) + 1]; ++hh) {
+              run_rows(Ly.qkv, M, hh * per, (hh + 1) * per, s, to_y);
+              for (int m = 0; m < M; ++m) {
+                float* v = y + int64_t(m) * qkv_n + hh * c.hd;
+                if (!Ly.qkv_bias.empty())
+                  for (int i = 0; i < c.hd; ++i) v[i] += Ly.qkv_bias[size_t(hh * c.hd + i)];
+                if (bf) for (int i = 0; i < c.hd; ++i) v[i] = round_bf16(v[i]);
+                const int64_t slot = length + m;
+                if (hh < c.nq + c.nkv) Ops<V>::rope(v, cos.data() + st.pos[m] * c.hd, sin.data() + st.pos[m] * c.hd, c.hd, bf);
+                if (hh < c.nq) std::memcpy(q + int64_t(m) * qn + hh * c.hd, v, size_t(c.hd) * 4);
+                else if (hh < c.nq + c.nkv) kv_->write(li, int(hh - c.nq), slot, v, nullptr);
+                else kv_->write(li, int(hh - c.nq - c.nkv), slot, nullptr, v);
+              }
+            }
+          });
       // P2: attention tasks
-      const int64_t ntasks = int64_t(c.nkv) * st.nchunks;
-      int64_t t0, t1;
-      split_range(ntasks, nt, tid, t0, t1);
-      for (int64_t t = t0; t < t1; ++t) {
+      run_phase([] {}, [&](int t) {
         const int kvh = int(t / st.nchunks);
         int64_t s0, s1;
         split_range(st.L, int(st.nchunks), int(t % st.nchunks), s0, s1);
         Attention<V>::task(*kv_, li, kvh, group, c.hd, M, q, qn, s0, s1, c.scale, st.vis,
-                           &parts_[size_t(t * 16 * group)], s.scores.as<float>());
-      }
-      pool.barrier();
-      // P3: merge heads (every thread, privately), o_proj rows + residual
-      float* attn = s.attn.as<float>();
-      for (int m = 0; m < M; ++m)
-        for (int hq = 0; hq < c.nq; ++hq) {
-          const int kvh = hq / group, g = hq % group;
-          const Partial* ps[1024];
-          for (int64_t ch = 0; ch < st.nchunks; ++ch) ps[ch] = &parts_[size_t((kvh * st.nchunks + ch) * 16 * group + m * group + g)];
-          float* out = attn + int64_t(m) * qn + int64_t(hq) * c.hd;
-          Attention<V>::combine(ps, int(st.nchunks), c.hd, out);
-          if (bf) for (int i = 0; i < c.hd; ++i) out[i] = round_bf16(out[i]);
-        }
-      prepare(Ly.o, attn, M, s);
-      auto add_x = [&](int64_t g, int m, const float* out) {
-        float* xr = x + int64_t(m) * c.d + g * RG;
-        for (int i = 0; i < RG; ++i) xr[i] = bf ? round_bf16(xr[i] + round_bf16(out[i])) : xr[i] + out[i];
-      };
-      run_rows(Ly.o, M, P.o[size_t(tid)], P.o[size_t(tid) + 1], s, add_x);
-      pool.barrier();
+                           &parts_[size_t(int64_t(t) * 16 * group)], s.scores.as<float>());
+      });
+      // P3: merge heads (privately), o_proj rows + residual
+      run_phase(
+          [&] {
+            for (int m = 0; m < M; ++m)
+              for (int hq = 0; hq < c.nq; ++hq) {
+                const int kvh = hq / group, g = hq % group;
+                const Partial* ps[1024];
+                for (int64_t ch = 0; ch < st.nchunks; ++ch)
+                  ps[ch] = &parts_[size_t((kvh * st.nchunks + ch) * 16 * group + m * group + g)];
+                float* out = attn + int64_t(m) * qn + int64_t(hq) * c.hd;
+                Attention<V>::combine(ps, int(st.nchunks), c.hd, out);
+                if (bf) for (int i = 0; i < c.hd; ++i) out[i] = round_bf16(out[i]);
+              }
+            prepare(Ly.o, attn, M, s);
+          },
+          [&](int p) { run_rows(Ly.o, M, P.o[size_t(p)], P.o[size_t(p) + 1], s, add_x); });
       // P4: norm, gate/up pairs, silu(gate) * up
-      for (int m = 0; m < M; ++m) Ops<V>::rmsnorm(x + int64_t(m) * c.d, Ly.ffn_norm.data(), c.d, c.eps, bf, normed + int64_t(m) * c.d);
-      prepare(Ly.w13, normed, M, s);
       const int64_t w13_n = 2 * int64_t(c.ffn), half = c.ffn / RG;
       auto to_y13 = [&](int64_t g, int m, const float* out) {
         float* dst = y + int64_t(m) * w13_n + g * RG;
         for (int i = 0; i < RG; ++i) dst[i] = bf ? round_bf16(out[i]) : out[i];
       };
-      for (int64_t j = P.w13[size_t(tid)]; j < P.w13[size_t(tid) + 1]; ++j) {
-        run_rows(Ly.w13, M, j, j + 1, s, to_y13);
-        run_rows(Ly.w13, M, half + j, half + j + 1, s, to_y13);
-        for (int m = 0; m < M; ++m)
-          Ops<V>::silu_mul(y + int64_t(m) * w13_n + j * RG, y + int64_t(m) * w13_n + c.ffn + j * RG, RG, bf,
-                           h + int64_t(m) * c.ffn + j * RG);
-      }
-      pool.barrier();
+      run_phase(
+          [&] {
+            for (int m = 0; m < M; ++m)
+              Ops<V>::rmsnorm(x + int64_t(m) * c.d, Ly.ffn_norm.data(), c.d, c.eps, bf, normed + int64_t(m) * c.d);
+            prepare(Ly.w13, normed, M, s);
+          },
+          [&](int p) {
+            for (int64_t j = P.w13[size_t(p)]; j < P.w13[size_t(p) + 1]; ++j) {
+              run_rows(Ly.w13, M, j, j + 1, s, to_y13);
+              run_rows(Ly.w13, M, half + j, half + j + 1, s, to_y13);
+              for (int m = 0; m < M; ++m)
+                Ops<V>::silu_mul(y + int64_t(m) * w13_n + j * RG, y + int64_t(m) * w13_n + c.ffn + j * RG, RG, bf,
+                                 h + int64_t(m) * c.ffn + j * RG);
+            }
+          });
       // P5: down_proj rows + residual
-      prepare(Ly.w2, h, M, s);
-      run_rows(Ly.w2, M, P.w2[size_t(tid)], P.w2[size_t(tid) + 1], s, add_x);
-      pool.barrier();
+      run_phase([&] { prepare(Ly.w2, h, M, s); },
+                [&](int p) { run_rows(Ly.w2, M, P.w2[size_t(p)], P.w2[size_t(p) + 1], s, add_x); });
     }
     // head: final norm of the rows wanted, their logits
     const int m0 = st.all_logits ? 0 : M - 1, mh = M - m0;
-    for (int m = m0; m < M; ++m) Ops<V>::rmsnorm(x + int64_t(m) * c.d, final_norm.data(), c.d, c.eps, bf, normed + int64_t(m - m0) * c.d);
-    prepare(head, normed, mh, s);
     const int64_t vocab = c.vocab;
     auto to_logits = [&](int64_t g, int m, const float* out) {
       const int64_t n0 = g * RG, n1 = std::min(vocab, n0 + RG);
@@ -394,7 +433,14 @@ class Model {
         for (int64_t n = n0; n < n1; ++n) dst[n] = bf ? round_bf16(out[n - n0]) : out[n - n0];
       }
     };
-    run_rows(head, mh, parts_head_[size_t(tid)], parts_head_[size_t(tid) + 1], s, to_logits);
+    run_phase(
+        [&] {
+          for (int m = m0; m < M; ++m)
+            Ops<V>::rmsnorm(x + int64_t(m) * c.d, final_norm.data(), c.d, c.eps, bf, normed + int64_t(m - m0) * c.d);
+          prepare(head, normed, mh, s);
+        },
+        [&](int p) { run_rows(head, mh, parts_head_[size_t(p)], parts_head_[size_t(p) + 1], s, to_logits); });
+    claims_[phase - 1].wait();
   }
 
   std::unique_ptr<KVStore> kv_;
@@ -404,6 +450,7 @@ class Model {
   int nthreads_ = 0;
   std::vector<Scratch> scratch_;
   std::vector<Parts> lparts_;  // per layer
+  std::vector<Claims> claims_;  // per phase of a step
   std::vector<int64_t> parts_head_;
 };
 
