@@ -7,7 +7,7 @@
 // codes and apply its scales inside these two loops) and nothing is dequantized in bulk.
 //
 // Implemented: FloatKV<T> for fp32, bf16 and fp16 slots ([layer][head][slot][head_dim]).
-// Not implemented here yet (see the package docstring for what they need): KIVI (2/4-bit keys per
+// Not implemented here yet (ridgeline/kernels/__init__.py says what they need): KIVI (2/4-bit keys per
 // channel over G tokens with an fp residual, values per token) and Harmonia BFP (8-bit sink/recent,
 // 4-bit middle) — both fit this interface: `write` appends to the fp window and quantizes completed
 // groups, `dot_keys`/`add_values` walk the quantized segments, then the fp window.
