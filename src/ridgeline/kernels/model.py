@@ -184,6 +184,7 @@ class NativeCausalLM:
         self._ptrs = (self._tokens.ctypes.data, self._positions.ctypes.data)
         self._forward = mod.model_forward
         self._bf16_logits = int(self.dtype == torch.bfloat16)
+        self._len = 0  # mirrors the C++ cache length (every change goes through this object)
 
     def _add(self, layer: int, which: int, packed: PackedLinear) -> None:
         self._keep.append(packed)
@@ -206,22 +207,23 @@ class NativeCausalLM:
     @property
     def length(self) -> int:
         """Tokens in the KV cache."""
-        return int(native().model_length(self._handle, -1))
+        return self._len
 
     def reset(self) -> None:
         """Empty the KV cache (the next prefill starts at position 0)."""
-        native().model_length(self._handle, 0)
+        self._len = int(native().model_length(self._handle, 0))
 
     def truncate(self, length: int) -> None:
         """Drop cache slots from `length` on (speculative decoding's rollback)."""
-        if not 0 <= length <= self.length:
-            raise RidgelineError(f"truncate takes a length in 0..{self.length}, got {length}")
-        native().model_length(self._handle, int(length))
+        if not 0 <= length <= self._len:
+            raise RidgelineError(f"truncate takes a length in 0..{self._len}, got {length}")
+        self._len = int(native().model_length(self._handle, int(length)))
 
     def compact(self, keep: list[int] | torch.Tensor) -> None:
         """Keep the given cache slots (ascending), moved to slots 0..len(keep)-1; the length becomes len(keep)."""
         k = torch.as_tensor(keep, dtype=torch.int64).contiguous()
         native().model_compact(self._handle, k.data_ptr(), k.numel())
+        self._len = int(native().model_length(self._handle, -1))
 
     def _logits(self, rows: int) -> torch.Tensor:
         return torch.empty(rows, self.vocab_size, dtype=self.dtype)
@@ -249,11 +251,8 @@ class NativeCausalLM:
                 raise RidgelineError(f"visibility must be [{m}, {start + m}], got {tuple(vis.shape)}")
             vis_ptr = vis.data_ptr()
         out = self._logits(m)
-        try:
-            self._forward(self._handle, toks.data_ptr(), pos.data_ptr(), m, vis_ptr, out.data_ptr(), 1,
-                          self._bf16_logits)
-        except ValueError as exc:
-            raise RidgelineError(str(exc)) from None
+        self._len = self._forward(self._handle, toks.data_ptr(), pos.data_ptr(), m, vis_ptr, out.data_ptr(), 1,
+                                  self._bf16_logits)
         return out
 
     @torch.inference_mode()
@@ -270,23 +269,24 @@ class NativeCausalLM:
             chunk = ids[c0:c0 + MAX_TOKENS]
             m = chunk.numel()
             pos = torch.arange(start + c0, start + c0 + m)
-            self._forward(self._handle, chunk.data_ptr(), pos.data_ptr(), m, 0, out.data_ptr(), 0, self._bf16_logits)
+            self._len = self._forward(self._handle, chunk.data_ptr(), pos.data_ptr(), m, 0, out.data_ptr(), 0,
+                                      self._bf16_logits)
         return out
 
-    @torch.inference_mode()
     def decode(self, token: torch.LongTensor | int) -> torch.Tensor:
-        """Run one token at the next position, continuing the cache; its logits (1, vocab)."""
-        tok = int(token)
-        n = native().model_length(self._handle, -1)
+        """Run one token at the next position, continuing the cache; its logits (1, vocab).
+
+        No autograd or inference-mode context is entered: nothing here records gradients, and entering one
+        costs several microseconds per token.
+        """
+        n = self._len
         if n >= self.max_len:
             raise RidgelineError(f"KV cache full: position {n} is past max_len {self.max_len}")
-        self._tokens[0] = tok
+        self._tokens[0] = int(token)
         self._positions[0] = n
-        out = self._logits(1)
-        try:
-            self._forward(self._handle, self._ptrs[0], self._ptrs[1], 1, 0, out.data_ptr(), 0, self._bf16_logits)
-        except ValueError as exc:
-            raise RidgelineError(str(exc)) from None
+        out = torch.empty(1, self.vocab_size, dtype=self.dtype)
+        self._len = self._forward(self._handle, self._ptrs[0], self._ptrs[1], 1, 0, out.data_ptr(), 0,
+                                  self._bf16_logits)
         return out
 
 
