@@ -190,10 +190,24 @@ def test_bad_input_raises_one_line_errors():
 
 # ------------------------------------------------------------------ variants in a fresh process
 
+_TINY = r"""
+def tiny_logits(dtype):
+    import transformers
+    from ridgeline.kernels import NativeCausalLM
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=128)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).eval().to(getattr(torch, dtype))
+    native = NativeCausalLM.from_hf(model, 64)
+    rows = [native.prefill(torch.tensor([[1, 5, 9, 3, 7] * 4]))[0].float()]
+    rows += [native.decode(t)[0].float() for t in (4, 8, 2)]
+    return torch.stack(rows).tolist()
+"""
 _CHILD = r"""
 import json, sys, torch
 import ridgeline.kernels as K
 from ridgeline.quant.codec import encode
+""" + _TINY + r"""
 out = {"path": K.info().path, "reason": K.info().reason, "available": K.available()}
 if K.available():
     torch.manual_seed(0)
@@ -202,6 +216,7 @@ if K.available():
         w = torch.randn(48, 512) * 0.05
         p = K.PackedLinear.from_float(w, fmt) if fmt in ("f32", "bf16") else K.PackedLinear.from_blocks(encode(w, fmt), fmt, (48, 512))
         out[fmt] = p(x).tolist()
+    out["model"] = {dt: tiny_logits(dt) for dt in ("float32", "bfloat16")}
 else:
     try:
         K.PackedLinear.from_float(torch.randn(16, 32))
@@ -229,6 +244,11 @@ def _child(variant):
 
 
 def _compare_with_this_process(child):
+    scope: dict = {"torch": torch}
+    exec(_TINY, scope)  # the same tiny models (attention, rope, norms, exp, bf16 rounding) in this process
+    for dtype, atol in (("float32", 1e-5), ("bfloat16", 0.05)):
+        torch.testing.assert_close(torch.tensor(child["model"][dtype]), torch.tensor(scope["tiny_logits"](dtype)),
+                                   atol=atol, rtol=0)
     torch.manual_seed(0)
     x = torch.randn(3, 512)
     for fmt in _FORMATS:
