@@ -265,7 +265,7 @@ def main() -> None:
     bw_before = bandwidth_kernels(256 << 20, 5, 1)
     pool = [K.pool_overhead(5000, 20000) for _ in range(5)]
     print(f"native path: {K.info().reason}; pool: run {min(p['run_s'] for p in pool) * 1e6:.2f} us, "
-          f"barrier {min(p['barrier_s'] for p in pool) * 1e6:.2f} us (best of 5)")
+          f"phase hand-over {min(p['handover_s'] for p in pool) * 1e6:.2f} us (best of 5)")
     gemv = [] if args.skip_gemv else gemv_part(args.rounds, args.calls, args.shapes.split(","))
     cache = Path(os.environ.get("RIDGELINE_HOME", Path.home() / ".cache" / "ridgeline")) / "bench-gguf"
     cache.mkdir(parents=True, exist_ok=True)
@@ -280,7 +280,7 @@ def main() -> None:
         "benchmark": "kernels", "native": {"path": K.info().path, "reason": K.info().reason},
         "threads": args.threads, "rounds": args.rounds, "decode_rounds": args.decode_rounds,
         "scenario": {"prompt": args.prompt, "generate": args.gen},
-        "pool_overhead": {"run_s": _stat([p["run_s"] for p in pool]), "barrier_s": _stat([p["barrier_s"] for p in pool])},
+        "pool_overhead": {"run_s": _stat([p["run_s"] for p in pool]), "handover_s": _stat([p["handover_s"] for p in pool])},
         "read_bandwidth_Bps": {"before": read_bw, "after": max(v.max for k, v in bw_after.items() if k.startswith("read"))},
         "load_avg": {"before": list(load_before), "after": list(os.getloadavg())},
         "gemv": gemv, "decode": decode, "machine": machine_info(), "wall_s": time.perf_counter() - t_start,

@@ -10,7 +10,7 @@ gate/up, qwen2's q/k/v biases, tied heads; anything else raises RidgelineError w
 What runs where:
 * one `forward` call = every layer and the head in C++ (csrc/model.h): RMSNorm, q/k/v, rope, KV write,
   attention over the KV cache, o_proj + residual, gate/up + silu·mul, down_proj + residual, on the native
-  thread pool with five barriers per layer. Python per decoded token: a few microseconds.
+  thread pool with five phase hand-overs per layer. Python per decoded token: a few microseconds.
 * prefill: chunks of up to 16 tokens, each one `forward` through the small-M kernels (each weight tile
   is loaded once per group of 4 tokens); causal within the chunk and over the cache before it.
 * weights: each linear as stored — float modules in the model's dtype (or `float_format`), quantized

@@ -59,7 +59,8 @@ def set_spin_us(us: int) -> None:
     native().set_spin_us(us)
 
 
-def pool_overhead(iterations: int = 20000, barriers: int = 20000) -> dict[str, float]:
-    """Measured fixed costs of the pool: seconds per empty parallel run and per barrier (all threads)."""
-    run_s, barrier_s = native().pool_overhead(int(iterations), int(barriers))
-    return {"run_s": run_s, "barrier_s": barrier_s, "threads": get_num_threads()}
+def pool_overhead(iterations: int = 20000, handovers: int = 20000) -> dict[str, float]:
+    """Measured fixed costs of the pool: seconds per empty parallel run (fork/join of all threads) and per
+    phase hand-over inside a run (every thread claims one empty partition, then waits for all)."""
+    run_s, handover_s = native().pool_overhead(int(iterations), int(handovers))
+    return {"run_s": run_s, "handover_s": handover_s, "threads": get_num_threads()}
