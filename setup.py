@@ -76,8 +76,10 @@ class BuildNative(build_ext):
         return [Path(self.get_ext_fullpath(ext.name)).with_name(name), Path(CSRC).parent / name]
 
     def _record(self, ext: Extension, reason: str) -> None:
-        print(f"WARNING: ridgeline native kernels: {ext.name} not built ({reason}); the pure-torch paths still work",
-              file=sys.stderr)
+        if reason not in getattr(self, "_warned", set()):  # one warning per distinct reason
+            self._warned = getattr(self, "_warned", set()) | {reason}
+            print(f"WARNING: ridgeline native kernels not built ({reason}): {ext.name} and any other variant with "
+                  "the same error are skipped; the pure-torch paths still work", file=sys.stderr)
         for marker in self._markers(ext):
             try:
                 marker.parent.mkdir(parents=True, exist_ok=True)
