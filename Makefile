@@ -5,7 +5,8 @@ PIP := $(PY) -m pip
 
 .PHONY: install demo test clean
 
-$(VENV)/.installed: pyproject.toml
+# setup.py compiles the native kernels: a change there or in their C++ sources reinstalls
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard src/ridgeline/kernels/csrc/*)
 	python3 -m venv $(VENV)
 	# torch first, pinned: on these machines this is a local CPU build (other specs pull CUDA wheels)
 	$(PIP) install torch==2.13.0
