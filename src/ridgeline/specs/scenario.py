@@ -9,6 +9,9 @@ from ridgeline.errors import RidgelineError
 
 #: RooflineBench's grid: short/long input × short/long output
 GRID = {"SISO": (128, 128), "LISO": (4096, 128), "SILO": (128, 4096), "LILO": (4096, 4096)}
+#: ridgeline's limits: tokens per sequence (above every model's context; 2**27) and sequences per batch
+MAX_TOKENS = 1 << 27
+MAX_BATCH = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,9 @@ class Scenario:
             raise RidgelineError(
                 f"scenario needs prompt >= 1, generated >= 0 and batch >= 1; got "
                 f"{self.prompt}:{self.generate} batch {self.batch}")
+        if self.prompt + self.generate > MAX_TOKENS or self.batch > MAX_BATCH:
+            raise RidgelineError(f"scenario {self.prompt}:{self.generate} batch {self.batch} is beyond ridgeline's "
+                                 f"limits of {MAX_TOKENS} tokens and batch {MAX_BATCH}")
 
     @property
     def label(self) -> str:
