@@ -8,8 +8,8 @@ from typing import Any, Callable, Optional
 import typer
 
 from ridgeline.cli.common import (ACTS, ATTENTION, BATCH, CAUSAL, COMPUTE, DEVICE, DEVICE_FILE, JSON, KV, LOGITS,
-                                  MLA_CACHE, MLA_DECODE, MODEL, SCENARIO, TRAFFIC, WEIGHTS, app, command, console,
-                                  device_files, dumps, finite, read_results, say, write_record, writing)
+                                  MLA_CACHE, MLA_DECODE, MODEL, SCENARIO, TRAFFIC, WEIGHTS, app, check_outputs, command,
+                                  console, device_files, dumps, finite, read_results, say, write_record, writing)
 from ridgeline.errors import RidgelineError
 
 
@@ -63,6 +63,7 @@ def analyze(
     from ridgeline.report import memory_table, operator_table, summary_table
     from ridgeline.roofline import predict, prediction_json
 
+    check_outputs(out=(out, "file"))
     pred = predict(model, device, **predict_kwargs)
     record = finite(prediction_json(pred, per_operator))
     write_record(out, record)
@@ -92,6 +93,7 @@ def plot(
     from ridgeline.report import device_roofs, plot_roofline, prediction_points
     from ridgeline.roofline import predict
 
+    check_outputs(out=(out, "stem"))
     rows = flat_rows([r for f in records or [] for r in read_results(f)])
     if model is None or device is None:
         if not rows:
