@@ -9,11 +9,12 @@ from ridgeline.measure.bench import BenchConfig, BenchRecord, load_runner, promp
 from ridgeline.measure.contention import Contention, Watch, cpu_sample, quick_read_bandwidth, wait_until_quiet
 from ridgeline.measure.grid import BenchGrid, Roofs, place_record, resolve_roofs, run_grid
 from ridgeline.measure.phi import place
-from ridgeline.measure.probe import ProbeResult, probe, probe_device, roof_for_threads, save_device, torch_threads
+from ridgeline.measure.probe import (ProbeResult, check_threads, probe, probe_device, probe_lock, roof_for_threads,
+                                    save_device, torch_threads)
 from ridgeline.measure.record import COLUMNS, flat_row, flat_rows, result_json, run_label
 from ridgeline.measure.stats import Stat, cpu_model, machine_info, summarize
 
 __all__ = ["Contention", "Watch", "cpu_sample", "quick_read_bandwidth", "wait_until_quiet", "BenchConfig", "BenchGrid", "BenchRecord", "COLUMNS", "ProbeResult", "Roofs", "Stat", "cpu_model",
            "flat_row", "flat_rows", "llama_cpp_available", "load_runner", "machine_info", "place", "place_record",
            "probe", "probe_device", "prompt_ids", "resolve_roofs", "result_json", "roof_for_threads",
-           "run_bench", "run_grid", "run_label", "save_device", "summarize", "torch_threads"]
+           "run_bench", "run_grid", "run_label", "save_device", "summarize", "torch_threads", "check_threads", "probe_lock"]

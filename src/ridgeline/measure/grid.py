@@ -45,6 +45,12 @@ class BenchGrid:
 
     def groups(self) -> list[list[BenchConfig]]:
         """Every run, grouped by what has to be loaded (one load per group, its scenarios inside)."""
+        if "llamacpp" in self.backends and any(k is not None for k in self.layers):
+            raise RidgelineError("--layers (depth sweeps) runs on the torch backend; llama.cpp runs the whole GGUF, "
+                                 "so measure the depth sweep without --backend llamacpp")
+        if "llamacpp" in self.backends and any(v.transformed for v in self.variants):
+            raise RidgelineError("--kv, --window and --kv-heads transform the torch model; llama.cpp runs the GGUF "
+                                 "as stored, so measure them without --backend llamacpp")
         groups = []
         for backend in self.backends:
             torch = backend == "torch"

@@ -73,5 +73,8 @@ def predict(model: str | ModelSpec, device: str | DeviceSpec, scenario: str | Sc
     spec = variant_spec(spec, layers, window, kv_heads)
     dev = get_device(device, tuple(device_files)) if isinstance(device, str) else device
     sc = parse_scenario(scenario, batch) if isinstance(scenario, str) else scenario
+    if spec.max_position is not None and sc.final_context > spec.max_position:
+        raise RidgelineError(f"scenario {sc.label} needs {sc.final_context} positions; {spec.name}'s context limit "
+                             f"(max_position_embeddings) is {spec.max_position}")
     prec = precision or default_precision(spec, weights, acts, kv, compute)
     return evaluate(build_workload(spec, sc, prec, options), dev)
