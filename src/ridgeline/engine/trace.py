@@ -69,7 +69,7 @@ class TraceRequest:
 
 def _int(v: Any, what: str, lo: int, hi: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise ValueError(f"{what} must be an integer from {lo} to {hi}, got {v!r}")
+        raise ValueError(f"{what} must be an integer >= {lo} and <= {hi}, got {v!r}")
     return v
 
 

@@ -532,11 +532,12 @@ def quantized_manifest(folder: str | Path) -> dict[str, Any] | None:
     path = Path(folder) / "ridgeline_quant.json"
     if not path.is_file():
         return None
-    data = load_config_file(path)
-    formats = data.get("tensor_formats", {})
-    if not isinstance(formats, dict) or not all(isinstance(v, str) for v in formats.values()):
-        raise RidgelineError(f"{path}: field 'tensor_formats' must map tensor names to format names")
-    dtype = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(data.get("float_dtype"), "fp32")
+    from ridgeline.inputs import Node
+
+    node = Node(load_config_file(path), str(path))
+    formats = {k: v.text() for k, v in node["tensor_formats"].items()} if not node["tensor_formats"].missing else {}
+    dtype = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[
+        node["float_dtype"].choice(("float32", "bfloat16", "float16"), default="float32")]
     return {"tensor_formats": formats, "float_format": dtype}
 
 
