@@ -141,9 +141,10 @@ class StepStats:
     prefill_context: int  # summed cached context of the prefill chunks
     running: int
     waiting: int
-    blocks_used: int
+    blocks_used: int  # after the step (finished sequences' blocks freed): what the next step starts from
     slots_used: int  # distinct slots holding KV of running sequences
     preempted: int
+    blocks_held: int = 0  # while the step ran, before finished sequences freed theirs: the KV memory in use
 
 
 class Engine:
@@ -324,8 +325,9 @@ class Engine:
         for seq, n in plan:
             seq.computed += n
             self.blocks.commit(seq.seq_id, seq.tokens, seq.computed)
+        held = self.blocks.num_used
         outputs = self._sample(samplers, logits.float())
-        self._record(plan, layout, time.perf_counter() - t0, sched.preempted)
+        self._record(plan, layout, time.perf_counter() - t0, sched.preempted, held)
         return outputs
 
     def _nonfinite(self, seqs: list[SeqState], logits: torch.Tensor) -> None:
@@ -379,7 +381,7 @@ class Engine:
         self.finished.setdefault(seq.request_id, []).append(seq)
         self.pending[seq.request_id] -= 1
 
-    def _record(self, plan, layout: StepLayout, seconds: float, preempted: int) -> None:
+    def _record(self, plan, layout: StepLayout, seconds: float, preempted: int, held: int = 0) -> None:
         B = self.config.block_size
         fill: dict[int, int] = {}
         for seq in self.running:
@@ -391,7 +393,7 @@ class Engine:
             decode_context=sum(s.computed for s, _ in dec),
             prefill_context=sum(s.computed - n for s, n in plan if n > 1),
             running=len(self.running), waiting=len(self.waiting), blocks_used=self.blocks.num_used,
-            slots_used=sum(fill.values()), preempted=preempted))
+            slots_used=sum(fill.values()), preempted=preempted, blocks_held=held))
 
     # -- whole runs ------------------------------------------------------------------------------
 

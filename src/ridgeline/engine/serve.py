@@ -98,6 +98,7 @@ def summarize(r: ServeResult) -> dict[str, Any]:
     B = r.block_size
     alloc = np.array([s.blocks_used * B for s in r.steps], dtype=np.float64)
     used = np.array([s.slots_used for s in r.steps], dtype=np.float64)
+    held = np.array([max(s.blocks_held, s.blocks_used) * B for s in r.steps], dtype=np.float64)
     busy = alloc > 0
     waste = float((alloc[busy] - used[busy]).sum() / alloc[busy].sum()) if busy.any() else 0.0
     return {
@@ -114,8 +115,9 @@ def summarize(r: ServeResult) -> dict[str, Any]:
         "step_s": _pct([s.seconds for s in r.steps]),
         "max_running": max((s.running for s in r.steps), default=0),
         "kv_pool_bytes": r.num_blocks * B * r.kv_bytes_per_slot,
-        "kv_in_use_bytes": {"peak": float(alloc.max(initial=0) * r.kv_bytes_per_slot),
-                            "mean": float(alloc[busy].mean() * r.kv_bytes_per_slot) if busy.any() else 0.0},
+        # held while each step ran (a request finishing in its only step still held its blocks then)
+        "kv_in_use_bytes": {"peak": float(held.max(initial=0) * r.kv_bytes_per_slot),
+                            "mean": float(held[held > 0].mean() * r.kv_bytes_per_slot) if (held > 0).any() else 0.0},
         # slot-weighted over the busy steps: (allocated - holding KV) / allocated
         "kv_waste": waste,
         "preemptions": r.preemptions,
