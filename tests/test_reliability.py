@@ -698,3 +698,23 @@ def test_kv_in_use_counts_requests_that_finish_in_their_only_step(tiny_model_dir
     result = replay(Engine(model, EngineConfig(block_size=4)), trace, prompts, realtime=False)
     assert all(s.blocks_used == 0 for s in result.steps)  # nothing is left after any step
     assert summarize(result)["kv_in_use_bytes"]["peak"] == (3 + 2) * 4 * result.kv_bytes_per_slot
+
+
+def test_nonfinite_weights_of_a_gguf_are_named_as_in_the_gguf(tiny_model_dir):
+    """NaN block scales dequantize to NaN weights: the check after conversion names the GGUF's own tensor."""
+    from ridgeline import load_model
+    from ridgeline.quant import gguf_name
+    from ridgeline.weights import check_finite_weights
+
+    model, _ = load_model(tiny_model_dir)
+    with torch.no_grad():
+        model.model.layers[1].self_attn.v_proj.weight[0, :32] = float("nan")  # one q4 block's scale gone bad
+    with pytest.raises(RidgelineError, match=r"GGUF x.gguf: tensor blk\.1\.attn_v\.weight holds 32 NaN"):
+        check_finite_weights(model, "GGUF x.gguf", rename=gguf_name)
+
+
+def test_bench_layers_beyond_the_model_are_refused_before_loading(tiny_model_dir, monkeypatch):
+    from ridgeline import loader
+
+    monkeypatch.setattr(loader, "load_model", lambda *a, **k: pytest.fail("loaded before refusing"))
+    one_line_error(run("bench", "-m", tiny_model_dir, "--layers", "2,7", "--device", CPU), "--layers", "between 1 and 3")

@@ -234,6 +234,8 @@ def model_spec(cfg: BenchConfig) -> ModelSpec | None:
     if cfg.backend == "llamacpp":
         return spec
     if cfg.layers is not None:
+        if not 1 <= cfg.layers <= spec.n_layers:  # refused here, before loading, not after
+            raise RidgelineError(f"--layers must be between 1 and {spec.n_layers} for this model, got {cfg.layers}")
         spec = spec.with_layers(cfg.layers)
     return cfg.variant.apply_spec(spec)
 
