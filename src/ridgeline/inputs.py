@@ -271,7 +271,7 @@ class Node:
         n = len(self.value)
         if n < min_len or (max_len is not None and n > max_len):
             span = f"at least {min_len}" if max_len is None else f"{min_len} to {max_len}"
-            self.fail(f"a list of {span} entries")
+            self.fail(f"a list of {span} {'entry' if span == 'at least 1' else 'entries'}")
         return [self[i] for i in range(n)]
 
     def items(self) -> list[tuple[str, "Node"]]:
