@@ -18,7 +18,6 @@ Writes benchmarks/results/kernels.json.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 import time
@@ -196,7 +195,6 @@ def _gguf_path(fmt: str, model, tok, cache: Path) -> Path:
 
 def decode_part(formats: list[str], prompt: int, gen: int, rounds: int, threads: int, cache: Path) -> list[dict]:
     """Interleaved rounds of native / lean / llama.cpp decode per format."""
-    import torch
 
     from ridgeline.loader import load_model
     from ridgeline.measure.backends import LeanRunner, LlamaCppRunner, llama_cpp_available

@@ -164,7 +164,7 @@ BAD = {
                               ["devices.toml", "TOML"]),
     "malformed device JSON": (["analyze", "-m", SMOL, "-d", CPU, "--device-file", "{bad_device_json}"],
                               ["devices.json", "JSON"]),
-    "negative device field": (["devices", "--device-file", "{negative_bandwidth}"], ["'bandwidth_Bps'"]),
+    "negative device field": (["devices", "--device-file", "{negative_bandwidth}"], ["bandwidth_Bps", "-1"]),
     "missing device file": (["devices", "--device-file", "nowhere/devices.toml"], ["nowhere"]),
     "no local device": (["analyze", "-m", SMOL, "-d", "local"], ["'local'", "probe"]),
     "sweep prompt abc": (["sweep", "-m", SMOL, "-d", CPU, "--prompt", "abc"], ["--prompt", "'abc'"]),

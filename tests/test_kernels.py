@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import ridgeline.kernels as K  # noqa: E402
-from conftest import BUNDLED_GGUF, needs_bundled  # noqa: E402
+from conftest import needs_bundled  # noqa: E402
 from ridgeline.errors import RidgelineError  # noqa: E402
 from ridgeline.kernels.reference import quantize_activation_ref, reference  # noqa: E402
 from ridgeline.quant.codec import decode, encode  # noqa: E402

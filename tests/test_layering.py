@@ -1,7 +1,7 @@
 """The package's layering, as the README states it, checked on the source (function-level imports included).
 
-cli → {report, fleet, measure, eval, engine, train, compress, accel} → {quant, kv, arch, kernels, loader}
-→ roofline → specs → {errors, io, corpus}: imports point down (or sideways within a layer) and never form a
+cli → {report, fleet, measure, eval, engine, train, compress, accel} → {quant, kv, arch, kernels, loader, weights}
+→ roofline → specs → {errors, io, corpus, inputs}: imports point down (or sideways within a layer) and never form a
 cycle; another package is used only through its `__init__`; no private name crosses a module; `specs`,
 `roofline`, `report` and `accel` import no torch, and `ridgeline --help` / `ridgeline analyze` start without it.
 """
@@ -22,7 +22,8 @@ ROOT = Path(ridgeline.__file__).parent
 
 #: top to bottom; a package may import its own layer or any layer below
 LAYERS = (("cli",), ("report", "fleet", "measure", "eval", "engine", "train", "compress", "accel"),
-          ("quant", "kv", "arch", "kernels", "loader"), ("roofline",), ("specs",), ("errors", "io", "corpus"))
+          ("quant", "kv", "arch", "kernels", "loader", "weights"), ("roofline",), ("specs",),
+          ("errors", "io", "corpus", "inputs"))
 LAYER_OF = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 TORCH_FREE = ("specs", "roofline", "report", "accel")
 HEAVY = ("torch", "transformers")

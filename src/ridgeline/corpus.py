@@ -209,18 +209,22 @@ def clean_text(text: str, what: str = "text") -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
-def _file_corpus(path: Path) -> Corpus:
-    if not path.is_file():
-        raise RidgelineError(f"corpus file {path} does not exist; pass a UTF-8 text file or hf:<dataset>")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise RidgelineError(f"corpus file {path} is not UTF-8 text (bad byte at offset {exc.start}); "
-                             "pass a UTF-8 text file") from None
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+def read_text_file(path: str | os.PathLike, what: str = "corpus file") -> str:
+    """The one rule for text files ridgeline scores or calibrates on (`--corpus`, `--calib`): a regular file of at
+    most 2 GiB, UTF-8 (a BOM is dropped), no NUL byte (binary), not empty; line endings normalised to \\n."""
+    from ridgeline.inputs import MAX_TEXT_BYTES, read_text
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise RidgelineError(f"{what} {p} does not exist; pass a UTF-8 text file or hf:<dataset>")
+    text = read_text(p, what, MAX_TEXT_BYTES).replace("\r\n", "\n").replace("\r", "\n")
     if not text.strip():
-        raise RidgelineError(f"corpus file {path} is empty; pass a file with text in it")
-    return Corpus(path.name, ((path.stem, text),))
+        raise RidgelineError(f"{what} {p} is empty; pass a file with text in it")
+    return text
+
+
+def _file_corpus(path: Path) -> Corpus:
+    return Corpus(path.name, ((path.stem, read_text_file(path)),))
 
 
 def _hub_corpus(source: str) -> Corpus:

@@ -8,8 +8,8 @@ from typing import Any, Callable, Optional
 import typer
 
 from ridgeline.cli.common import (ACTS, ATTENTION, BATCH, CAUSAL, COMPUTE, DEVICE, DEVICE_FILE, JSON, KV, LOGITS,
-                                  MLA_CACHE, MLA_DECODE, MODEL, SCENARIO, TRAFFIC, WEIGHTS, app, command, console,
-                                  device_files, dumps, finite, read_results, say, write_record, writing)
+                                  MLA_CACHE, MLA_DECODE, MODEL, SCENARIO, TRAFFIC, WEIGHTS, app, check_outputs, command,
+                                  console, device_files, dumps, finite, read_results, say, write_record, writing)
 from ridgeline.errors import RidgelineError
 
 
@@ -71,6 +71,7 @@ def analyze(
     from ridgeline.report import memory_table, operator_table, summary_table
     from ridgeline.roofline import predict, prediction_json
 
+    check_outputs(out=(out, "file"))
     speculation = _speculation(spec_tokens, spec_accepted, spec_heads, spec_draft_vocab)
     pred = predict(model, device, speculation=speculation, **predict_kwargs)
     record = finite(prediction_json(pred, per_operator))
@@ -151,6 +152,7 @@ def plot(
     from ridgeline.report import device_roofs, plot_roofline, prediction_points
     from ridgeline.roofline import predict
 
+    check_outputs(out=(out, "stem"))
     results = [r for f in records or [] for r in read_results(f)]
     # a fleet record names its node: the report gives every node its own roofs and points
     rows = [{**row, "node": (r.get("node") or {}).get("label")} for r, row in zip(results, flat_rows(results))]

@@ -28,7 +28,7 @@ def devices(as_json: bool = _AS_JSON, device_file: Optional[Path] = DEVICE_FILE)
     from ridgeline.report import devices_table
     from ridgeline.specs import catalogue
 
-    devs = catalogue(device_files(device_file))
+    devs = catalogue(device_files(device_file))  # an unreadable saved device is left out with a note
     _show(as_json, {"devices": [d.to_json() for d in devs.values()]}, devices_table(devs))
 
 

@@ -1,7 +1,7 @@
 """What every command shares: the app, consoles, one-line errors, option parsers, progress and writing files.
 
 Each command module does parse → one library call → render; the parsing helpers here turn option text into
-typed values (a bad value is a RidgelineError naming the option), `command` turns RidgelineError into one
+typed values (a bad value is a RidgelineError naming the option), `command` (outcomes.py) turns RidgelineError into one
 `error:` line with exit code 2 and Ctrl-C into exit code 130, `writing` turns an OS error on an output path
 into a RidgelineError; progress lives in progress.py.
 """
@@ -9,7 +9,6 @@ into a RidgelineError; progress lives in progress.py.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 from pathlib import Path
@@ -27,31 +26,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console()
 if not console.is_terminal:  # piped or captured output: wide enough for the per-operator tables
     console = Console(width=160)
-err_console = Console(stderr=True)
 
-
-def command(fn: Callable) -> Callable:
-    """Turn RidgelineError (bad input) into one line on stderr and exit code 2; Ctrl-C into exit 130."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except RidgelineError as exc:
-            # one line, and the message is text, not rich markup (paths may hold '[...]')
-            message = " ".join(str(exc).split())
-            err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err_console.print("interrupted")
-            raise typer.Exit(130) from None
-
-    return wrapper
-
-
-def note(text: str, kind: str = "note") -> None:
-    """A yellow `note:` (or `warning:`, `modelling error:`) line on stderr."""
-    err_console.print(f"[yellow]{kind}:[/yellow] {escape(text)}", highlight=False, soft_wrap=True)
+from ridgeline.cli.outcomes import command, err_console, fail, note  # noqa: E402,F401 (re-exported for the commands)
 
 
 def say(text: str, stderr: bool = False) -> None:
@@ -66,6 +42,23 @@ def writing(path: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         raise RidgelineError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def check_outputs(**paths: tuple[Optional[Path], str]) -> None:
+    """Refuse bad output paths before any work starts: option_name=(path or None, "file" | "folder" | "stem");
+    underscores in the name become dashes (`out=...` checks --out)."""
+    from ridgeline.io import check_outputs as check
+
+    check({f"--{k.replace('_', '-')}": v for k, v in paths.items()})
+
+
+def memory_limit_bytes(gib: Optional[float]) -> Optional[float]:
+    """--memory-limit GiB as bytes; NaN, infinite, zero or negative values are refused."""
+    if gib is None:
+        return None
+    if not (math.isfinite(gib) and gib > 0):
+        raise RidgelineError(f"--memory-limit takes a finite number of GiB > 0, got {gib}")
+    return gib * 2**30
 
 
 def finite(obj: Any) -> Any:

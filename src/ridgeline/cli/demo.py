@@ -18,9 +18,26 @@ from ridgeline.cli.common import app, command, console, csv_list, finite, int_li
 from ridgeline.cli.progress import progress
 from ridgeline.cli.measure import render_bench, run_bench_grid, run_probe
 from ridgeline.cli.serve import serve_plot
+from ridgeline.errors import RidgelineError
 
 #: the demo's reduced RooflineBench grid: short in/short out, longer in, longer out (few minutes on 2 cores)
 DEMO_GRID = ("128:64", "512:64", "128:256")
+#: what the demo writes into its results folder (each file replaced alone; nothing else there is touched)
+DEMO_FILES = ("report.html", "bench.json", "bench.csv", "quality.json", "serve.json", "probe.json", "analyze.json",
+              *(f"{stem}{ext}" for stem in ("roofline", "roofline_analytic", "serve_roofline", "depth_layers",
+                                            "threads_threads") for ext in (".png", ".svg")))
+
+
+def _check_out(out: Path) -> None:
+    """The results folder may hold other files (they are left alone); the demo's own names there must be regular
+    files it can replace, and probing must be able to save `local`."""
+    from ridgeline.io import check_output, user_dir
+
+    if out.exists() and (out.is_symlink() or not out.is_dir()):
+        raise RidgelineError(f"--out {out} exists and is not a folder; pass a results folder")
+    for name in DEMO_FILES:
+        check_output(out / name, "file", "--out")
+    check_output(user_dir() / "devices" / "local.json", "file", "the saved device")
 
 
 def _analyze(spec, grid, probe, local, out: Path):
@@ -117,6 +134,8 @@ def _serve(out: Path) -> tuple[dict, list[Path]]:
     with progress("serving") as report:
         run = serve_trace("smollm2-135m", trace, device=local, trace_info=info,
                           progress=lambda d, t: report("finished", d, t))
+    if run.result.interrupted:  # Ctrl-C while serving: stop the demo, write no partial serve.json
+        raise KeyboardInterrupt
     for t in serve_tables(run.record):
         console.print(t)
     with writing(out):
@@ -171,6 +190,7 @@ def demo(
     from ridgeline.report import probe_table
     from ridgeline.specs import bundled_gguf, load_spec, parse_scenario
 
+    _check_out(out)
     grid = [parse_scenario(x) for x in csv_list(scenarios, "--scenarios")]
     gguf = bundled_gguf()
     spec = load_spec(gguf)

@@ -7,20 +7,23 @@ from typing import Optional
 
 import typer
 
-from ridgeline.cli.common import (DEVICE_FILE, app, command, console, csv_list, device_files, dumps, int_list,
-                                  layer_list, note, say, variants, write_record, writing)
+from ridgeline.cli.common import (DEVICE_FILE, app, check_outputs, command, console, csv_list, device_files, dumps,
+                                  int_list, layer_list, memory_limit_bytes, note, say, variants, write_record, writing)
 from ridgeline.cli.progress import progress
 from ridgeline.errors import RidgelineError
 
 
 def run_probe(threads: Optional[int], array_mib: int, repeats: int, save: bool):
     """Run the probe with progress; save it as the 'local' device (and `local-<n>t`) when asked."""
-    from ridgeline.measure import probe, probe_device, save_device
+    from ridgeline.io import check_output, user_dir
+    from ridgeline.measure import probe, probe_device, probe_lock, save_device
 
-    with progress("probe") as report:
+    if save:  # a folder that cannot be written is found before minutes of measuring
+        check_output(user_dir() / "devices" / "local.json", "file", "the saved device")
+    with probe_lock(), progress("probe") as report:  # a second probe at once is refused, never saved
         result = probe(threads=threads, array_mib=array_mib, repeats=repeats, progress=report)
-    device = probe_device(result)
-    return result, device, save_device(device, result) if save else None
+        device = probe_device(result)
+        return result, device, save_device(device, result) if save else None
 
 
 @app.command("probe")
@@ -159,17 +162,20 @@ def bench(
     device_file: Optional[Path] = DEVICE_FILE,
 ) -> None:
     """Measure the scenario on a real model: TTFT, every decode step, Φ against the probe and catalogue roofs."""
+    from ridgeline.loader import check_model
     from ridgeline.measure import BenchGrid, resolve_roofs
     from ridgeline.specs import parse_scenario
 
+    check_outputs(out=(out, "file"), plot=(plot_stem, "stem"))
     grid = BenchGrid(model=model, backends=csv_list(backend, "--backend"),
                      scenarios=[parse_scenario(s) for s in csv_list(scenario, "--scenario")],
                      dtypes=csv_list(dtype, "--dtype"), threads=[None] if threads is None else int_list(threads, "--threads"),
                      layers=layer_list(layers), variants=variants(kv, window, kv_heads),
                      specs=spec_settings(spec, tree, accept), repeats=repeats, warmup=warmup,
-                     impl=impl, memory_limit=None if memory_limit is None else memory_limit * 2**30)
+                     impl=impl, memory_limit=memory_limit_bytes(memory_limit))
     roofs = resolve_roofs(device, reference, device_files(device_file))
     grid.groups()  # bad input is refused before waiting for a quiet machine
+    check_model(model)
     if require_quiet is not None:
         wait_for_quiet(require_quiet)
     results = run_bench_grid(grid, roofs)

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from ridgeline.cli.common import app, command, console, csv_list, dumps, int_list, note, variants, write_record, writing
+from ridgeline.cli.common import (app, check_outputs, command, console, csv_list, dumps, int_list, note, variants,
+                                  write_record, writing)
 from ridgeline.cli.progress import progress
 
 
@@ -49,20 +50,27 @@ def eval_(
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="write the quality table as CSV here"),
 ) -> None:
     """Measure quality: perplexity, cloze and multiple-choice accuracy (lm-eval scoring), one row per variant."""
-    from ridgeline.eval import EvalConfig, parse_tasks, run_eval
+    from ridgeline.eval import EvalConfig, check_context, parse_tasks, prepare_eval, run_eval
     from ridgeline.io import write_text
+    from ridgeline.loader import check_model
     from ridgeline.report import quality_rows, quality_table
     from ridgeline.roofline import rows_to_csv
 
+    check_outputs(out=(out, "file"), csv=(csv_out, "file"))
     names, files = parse_tasks(tasks, task_dir)
     cap = None if max_tokens.strip().lower() == "all" else int_list(max_tokens, "--max-tokens")[0]
     configs = [EvalConfig(m, names, files, d, limit=limit, batch_size=batch_size, corpus=corpus, context=context,
                           stride=stride, max_tokens=cap, num_fewshot=num_fewshot, variant=v)
                for m in models for d in csv_list(dtype, "--dtype") for v in variants(kv, window, kv_heads)]
+    # every model, task file and the corpus checked before the first load
+    specs = {m: check_model(m) for m in dict.fromkeys(models)}
+    prepared = prepare_eval(configs[0])
+    for cfg in configs:
+        check_context(cfg, specs[cfg.model])
     records = []
     with progress("eval") as report:
         for cfg in configs:
-            records.append(run_eval(cfg, progress=reporter(cfg, report)))
+            records.append(run_eval(cfg, progress=reporter(cfg, report), prepared=prepared))
     payload = {"kind": "ridgeline.eval.results", "records": records}
     rows = quality_rows(records)
     write_record(out, payload)

@@ -7,9 +7,8 @@ from typing import Optional
 
 import typer
 
-from ridgeline.cli.common import app, command, console, dumps, writing
+from ridgeline.cli.common import app, check_outputs, command, console, dumps, writing
 from ridgeline.cli.progress import progress
-from ridgeline.errors import RidgelineError
 
 
 @app.command()
@@ -39,17 +38,19 @@ def quantize(
     as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
 ) -> None:
     """Quantize a causal LM on the CPU (layer by layer for GPTQ) and save it; `eval`/`bench`/`analyze` read the folder."""
-    from ridgeline.loader import load_model
+    from ridgeline.loader import check_model, load_model
     from ridgeline.quant import CalibrationConfig, make_config, param_bytes, quantize_, save_quantized
     from ridgeline.report import quant_table
 
+    check_outputs(out=(out, "folder"))  # before a model loads: a user's folder is refused, never emptied
     calibration = CalibrationConfig(source=calib, n_samples=calib_samples, seq_len=calib_seq)
     config = make_config(method, bits=bits, group=group, sym=sym, act_order=act_order, static_groups=static_groups,
                          damp=damp, alpha=alpha, alpha_search=alpha_search, threshold=threshold,
                          weight_format=weight_format, act_format=None if act_format.lower() == "none" else act_format,
                          recipe=recipe, include_lm_head=lm_head, kernel=kernel, calibration=calibration)
-    if not out.parent.is_dir():
-        raise RidgelineError(f"cannot write {out}: folder {out.parent} does not exist")
+    spec = check_model(model)
+    if getattr(config, "calibration", None) is not None:
+        config.calibration.check(spec.max_position if spec else None)
     loaded, tokenizer = load_model(model, dtype=dtype)
     before = param_bytes(loaded)
     with progress(f"quantize {config.method}") as report:
@@ -71,11 +72,14 @@ def export_gguf(
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Write a GGUF llama.cpp loads (llama, mistral, qwen2), quantized with ridgeline's bit-exact ggml codecs."""
-    from ridgeline.loader import load_model, resolve
+    from ridgeline.loader import check_model, load_model, resolve
     from ridgeline.quant import export_gguf as run_export
+    from ridgeline.quant import export_plan_check
     from ridgeline.report import export_table
 
+    check_outputs(out=(out, "file"))
     source = resolve(model)
+    export_plan_check(type_, check_model(model))
     loaded, tokenizer = load_model(model, dtype="fp32")
     with progress(f"export {type_}") as report, writing(out):
         result = run_export(loaded, tokenizer, out, type_, source_gguf=source.gguf,

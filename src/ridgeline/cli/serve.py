@@ -7,8 +7,8 @@ from typing import Any, Optional
 
 import typer
 
-from ridgeline.cli.common import (DEVICE_FILE, app, command, console, device_files, dumps, err_console, say,
-                                  token_range, write_record, writing)
+from ridgeline.cli.common import (DEVICE_FILE, app, check_outputs, command, console, device_files, dumps, err_console,
+                                  say, token_range, write_record, writing)
 from ridgeline.cli.progress import progress
 from ridgeline.errors import RidgelineError
 
@@ -26,6 +26,18 @@ def serve_plot(placed: list[dict], dev: Any, dtype: str, stem: Path, model: str)
                for p in placed]
     with writing(stem):
         return plot_roofline(roofs, points, stem, title=f"{model}: engine decode steps by batch size")
+
+
+def _trace(requests: Optional[Path], synthetic: Optional[int], rate: float, prompt_len: str, output_len: str,
+           seed: int) -> tuple[list, dict]:
+    """The trace (read from --requests, or synthetic) and its description for the record."""
+    from ridgeline.engine import load_trace, synthetic_trace
+
+    if requests is not None:
+        return load_trace(requests), {"file": str(requests)}
+    plen, olen = token_range(prompt_len, "--prompt-len"), token_range(output_len, "--output-len")
+    trace = synthetic_trace(synthetic, rate, plen, olen, seed)
+    return trace, {"synthetic": synthetic, "rate": rate, "prompt_len": plen, "output_len": olen, "seed": seed}
 
 
 @app.command("serve-bench")
@@ -56,35 +68,33 @@ def serve_bench(
 ) -> None:
     """Replay a request trace through the paged-KV continuous-batching engine: throughput, TTFT, ITL, KV use, waste."""
     from ridgeline.arch import Variant
-    from ridgeline.engine import EngineConfig, load_trace, serve_trace, synthetic_trace
+    from ridgeline.engine import EngineConfig, serve_trace
     from ridgeline.report import serve_tables
     from ridgeline.specs import get_device
 
+    check_outputs(out=(out, "file"), plot=(plot_stem, "stem"))
     if (requests is None) == (synthetic is None):
         raise RidgelineError("serve-bench needs exactly one of --requests FILE or --synthetic N")
     if plot_stem is not None and device is None:
         raise RidgelineError("--plot places decode steps on a roofline: give --device too")
     config = EngineConfig(num_blocks=num_blocks, block_size=block_size, max_batched_tokens=max_batched_tokens,
                           max_num_seqs=max_num_seqs, prefix_caching=prefix_caching)
-    if requests is not None:
-        trace, trace_info = load_trace(requests), {"file": str(requests)}
-    else:
-        plen, olen = token_range(prompt_len, "--prompt-len"), token_range(output_len, "--output-len")
-        trace = synthetic_trace(synthetic, rate, plen, olen, seed)
-        trace_info = {"synthetic": synthetic, "rate": rate, "prompt_len": plen, "output_len": olen, "seed": seed}
+    trace, trace_info = _trace(requests, synthetic, rate, prompt_len, output_len, seed)
     dev = get_device(device, device_files(device_file)) if device is not None else None
     with progress("serving requests") as report:
         run = serve_trace(model, trace, config=config, dtype=dtype, variant=Variant(None, window, kv_heads),
                           device=dev, realtime=not offline, threads=threads, trace_info=trace_info,
                           progress=lambda done, total: report("finished", done, total))
+    if run.result.interrupted:  # Ctrl-C: a partial run is not a result, so nothing is written
+        done = len({r["id"] for r in run.result.requests})
+        err_console.print(f"interrupted after {done} of {len(trace)} requests finished; nothing written")
+        raise typer.Exit(130)
     write_record(out, run.record)
     if as_json:
         console.print_json(dumps(run.record))
     else:
         for t in serve_tables(run.record):
             console.print(t)
-    if run.result.interrupted:
-        err_console.print("interrupted: the record holds the requests finished so far")
     if plot_stem is not None:
         for p in serve_plot(run.placed or [], dev, dtype, plot_stem, model):
             say(f"wrote {p}", stderr=as_json)

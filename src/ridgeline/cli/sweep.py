@@ -11,8 +11,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ridgeline.cli.common import (ACTS, DEVICE_FILE, KV, app, command, console, csv_list, device_files, dumps,
-                                  err_console, finite, int_list, writing)
+from ridgeline.cli.common import (ACTS, DEVICE_FILE, KV, app, check_outputs, command, console, csv_list, device_files,
+                                  dumps, err_console, finite, int_list, writing)
 
 
 def _axes(model: str, device: str, scenario: Optional[str], prompt: Optional[str], generate: Optional[str],
@@ -82,6 +82,7 @@ def sweep(
     from ridgeline.report import plot_sweep
     from ridgeline.roofline import check_plot_axes, rows_to_csv, run_sweep, varying_columns
 
+    check_outputs(out=(out, "file"), plot=(plot, "stem"))
     axes = _axes(model, device, scenario, prompt, generate, batch, layers, weights, acts, kv, device_file)
     if plot:
         check_plot_axes(x, y)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ridgeline.cli.common import app, command, console, dumps, err_console, say, write_record, writing
+from ridgeline.cli.common import app, check_outputs, command, console, dumps, err_console, say, write_record, writing
 from ridgeline.cli.progress import progress
 
 
@@ -29,12 +29,14 @@ def gqa(
     report_out: Optional[Path] = typer.Option(None, "--report", help="write the report (JSON) here"),
 ) -> None:
     """MHA/GQA conversion: mean-pool K/V heads, uptrain on calibration text, report ppl and KV bytes per stage."""
-    from ridgeline.loader import load_model
+    from ridgeline.loader import check_model, load_model
     from ridgeline.report import gqa_table
-    from ridgeline.train import UptrainConfig, convert_to_gqa, save_model
+    from ridgeline.train import UptrainConfig, check_gqa_run, convert_to_gqa, save_model
 
+    check_outputs(out=(out, "folder"), report=(report_out, "file"))
     config = UptrainConfig(steps=steps, seq_len=seq_len, batch_size=batch_size, lr=lr, optimizer=optimizer,
                            train=train, warmup=max(1, steps // 10))
+    check_gqa_run(check_model(model), kv_heads, config, context, eval_tokens)
     lm, tok = load_model(model, "fp32")
     with progress("gqa") as report:
         rep = convert_to_gqa(lm, tok, kv_heads, config, context, eval_tokens, progress=report)

@@ -10,6 +10,7 @@ freed and it re-enters the waiting queue with its prompt and the tokens generate
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -39,9 +40,13 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if self.max_tokens < 1 or self.n < 1:
             raise RidgelineError(f"max_tokens and n must be >= 1, got {self.max_tokens} and {self.n}")
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise RidgelineError(f"sampling needs temperature >= 0, 0 < top_p <= 1 and top_k >= 0; got "
+        # `not x >= 0` also refuses NaN, which every comparison fails
+        if not (math.isfinite(self.temperature) and self.temperature >= 0) or not 0 < self.top_p <= 1 \
+                or self.top_k < 0:
+            raise RidgelineError(f"sampling needs a finite temperature >= 0, 0 < top_p <= 1 and top_k >= 0; got "
                                  f"{self.temperature}, {self.top_p}, {self.top_k}")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise RidgelineError(f"seed must be an integer in [0, 2**63), got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,13 @@ class EngineConfig:
         if self.max_batched_tokens < 1 or self.max_num_seqs < 1:
             raise RidgelineError(f"max_batched_tokens and max_num_seqs must be >= 1, got "
                                  f"{self.max_batched_tokens} and {self.max_num_seqs}")
+        for name, value, hi in (("num_blocks", self.num_blocks, 1 << 22), ("block_size", self.block_size, 1024),
+                                ("max_batched_tokens", self.max_batched_tokens, 1 << 20),
+                                ("max_num_seqs", self.max_num_seqs, 1 << 16)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= hi:
+                raise RidgelineError(f"{name} must be an integer from 1 to {hi}, got {value!r}")
+        if not 0 <= self.watermark < 1:
+            raise RidgelineError(f"watermark must be a fraction in [0, 1), got {self.watermark!r}")
 
 
 @dataclass(frozen=True)
@@ -129,9 +141,10 @@ class StepStats:
     prefill_context: int  # summed cached context of the prefill chunks
     running: int
     waiting: int
-    blocks_used: int
+    blocks_used: int  # after the step (finished sequences' blocks freed): what the next step starts from
     slots_used: int  # distinct slots holding KV of running sequences
     preempted: int
+    blocks_held: int = 0  # while the step ran, before finished sequences freed theirs: the KV memory in use
 
 
 class Engine:
@@ -153,6 +166,7 @@ class Engine:
             raise RidgelineError(f"the engine serves models whose attention layers share one window; this one mixes "
                                  f"{', '.join(sorted(types))} layers")
         self.max_len = getattr(cfg, "max_position_embeddings", None)
+        self.vocab = model.get_input_embeddings().num_embeddings
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         if eos is None:
             eos = getattr(cfg, "eos_token_id", None)
@@ -174,6 +188,10 @@ class Engine:
         """Raise RidgelineError if this request could never run: too long for the model or for the KV pool."""
         if not prompt:
             raise RidgelineError(f"{what}: a request needs at least one prompt token")
+        if min(prompt) < 0 or max(prompt) >= self.vocab:
+            bad = min(prompt) if min(prompt) < 0 else max(prompt)
+            raise RidgelineError(f"{what}: token id {bad} is outside the model's vocabulary of {self.vocab} tokens "
+                                 f"(ids 0 to {self.vocab - 1})")
         total = len(prompt) + params.max_tokens
         if self.max_len is not None and total > self.max_len:
             raise RidgelineError(f"{what}: prompt {len(prompt)} + max_tokens {params.max_tokens} = {total} "
@@ -302,12 +320,25 @@ class Engine:
             logits = self.model(input_ids=torch.tensor([ids]), position_ids=torch.tensor([pos]),
                                 logits_to_keep=torch.tensor(rows, dtype=torch.long), use_cache=False,
                                 paged_cache=self.cache, paged_layout=layout).logits[0]
+        if not bool(torch.isfinite(logits).all()):
+            self._nonfinite(samplers, logits)
         for seq, n in plan:
             seq.computed += n
             self.blocks.commit(seq.seq_id, seq.tokens, seq.computed)
+        held = self.blocks.num_used
         outputs = self._sample(samplers, logits.float())
-        self._record(plan, layout, time.perf_counter() - t0, sched.preempted)
+        self._record(plan, layout, time.perf_counter() - t0, sched.preempted, held)
         return outputs
+
+    def _nonfinite(self, seqs: list[SeqState], logits: torch.Tensor) -> None:
+        """Stop serving on NaN/Inf logits, naming the request, the position and the first module whose output is not
+        finite (its tokens rerun through the plain forward with hooks)."""
+        from ridgeline.weights import nonfinite_message
+
+        row = int((~torch.isfinite(logits)).any(-1).nonzero()[0])
+        seq = seqs[row]
+        ids = torch.tensor([seq.tokens])
+        raise RidgelineError(nonfinite_message(self.model, ids, f"request {seq.request_id} (sample {seq.index})"))
 
     def _sample(self, seqs: list[SeqState], logits: torch.Tensor) -> list[RequestOutput]:
         outputs, now = [], time.perf_counter()
@@ -350,7 +381,7 @@ class Engine:
         self.finished.setdefault(seq.request_id, []).append(seq)
         self.pending[seq.request_id] -= 1
 
-    def _record(self, plan, layout: StepLayout, seconds: float, preempted: int) -> None:
+    def _record(self, plan, layout: StepLayout, seconds: float, preempted: int, held: int = 0) -> None:
         B = self.config.block_size
         fill: dict[int, int] = {}
         for seq in self.running:
@@ -362,7 +393,7 @@ class Engine:
             decode_context=sum(s.computed for s, _ in dec),
             prefill_context=sum(s.computed - n for s, n in plan if n > 1),
             running=len(self.running), waiting=len(self.waiting), blocks_used=self.blocks.num_used,
-            slots_used=sum(fill.values()), preempted=preempted))
+            slots_used=sum(fill.values()), preempted=preempted, blocks_held=held))
 
     # -- whole runs ------------------------------------------------------------------------------
 

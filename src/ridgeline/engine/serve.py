@@ -18,7 +18,7 @@ import numpy as np
 from ridgeline.arch import Variant
 from ridgeline.engine.engine import Engine, EngineConfig, StepStats
 from ridgeline.engine.trace import TraceRequest, prompt_tokens
-from ridgeline.errors import RidgelineError
+from ridgeline.errors import RidgelineError, Terminated
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,9 @@ def replay(engine: Engine, trace: Sequence[TraceRequest], prompts: Sequence[Sequ
                             progress(done, len(trace))
             else:
                 time.sleep(max(0.0, trace[order[nxt]].arrival - (time.perf_counter() - t0)))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Terminated):  # SIGTERM stops the run; only Ctrl-C returns what finished
+            raise
         interrupted = True
     rows = []
     for rid, seqs in engine.finished.items():
@@ -96,6 +98,7 @@ def summarize(r: ServeResult) -> dict[str, Any]:
     B = r.block_size
     alloc = np.array([s.blocks_used * B for s in r.steps], dtype=np.float64)
     used = np.array([s.slots_used for s in r.steps], dtype=np.float64)
+    held = np.array([max(s.blocks_held, s.blocks_used) * B for s in r.steps], dtype=np.float64)
     busy = alloc > 0
     waste = float((alloc[busy] - used[busy]).sum() / alloc[busy].sum()) if busy.any() else 0.0
     return {
@@ -112,8 +115,9 @@ def summarize(r: ServeResult) -> dict[str, Any]:
         "step_s": _pct([s.seconds for s in r.steps]),
         "max_running": max((s.running for s in r.steps), default=0),
         "kv_pool_bytes": r.num_blocks * B * r.kv_bytes_per_slot,
-        "kv_in_use_bytes": {"peak": float(alloc.max(initial=0) * r.kv_bytes_per_slot),
-                            "mean": float(alloc[busy].mean() * r.kv_bytes_per_slot) if busy.any() else 0.0},
+        # held while each step ran (a request finishing in its only step still held its blocks then)
+        "kv_in_use_bytes": {"peak": float(held.max(initial=0) * r.kv_bytes_per_slot),
+                            "mean": float(held[held > 0].mean() * r.kv_bytes_per_slot) if (held > 0).any() else 0.0},
         # slot-weighted over the busy steps: (allocated - holding KV) / allocated
         "kv_waste": waste,
         "preemptions": r.preemptions,
@@ -186,6 +190,23 @@ class ServeRun:
     record: dict[str, Any]
 
 
+def _check_before_loading(model: str, trace: Sequence[TraceRequest], config: EngineConfig, dtype: str,
+                          variant: Variant) -> None:
+    """From the model's shapes alone: token ids inside its vocabulary, requests inside its positions, and a KV
+    pool that fits in memory."""
+    from ridgeline.engine.trace import check_trace
+    from ridgeline.loader import check_fits, check_model
+
+    spec = check_model(model)
+    if spec is None:  # a hub id: checked once loaded
+        return
+    spec = variant.apply_spec(spec)
+    check_trace(trace, spec.vocab, spec.max_position)
+    per_slot = sum(spec.kv_elements_per_token(layer) for layer in spec.layers) * (4 if dtype == "fp32" else 2)
+    check_fits(per_slot * config.num_blocks * config.block_size,
+               f"a KV pool of {config.num_blocks} blocks of {config.block_size} tokens")
+
+
 def serve_trace(model: str, trace: Sequence[TraceRequest], *, config: EngineConfig | None = None,
                 dtype: str = "fp32", variant: Variant | None = None, device: Any = None, realtime: bool = True,
                 threads: int | None = None, trace_info: dict | None = None,
@@ -206,6 +227,7 @@ def serve_trace(model: str, trace: Sequence[TraceRequest], *, config: EngineConf
     if variant.kv is not None:
         raise RidgelineError("the engine stores KV blocks in the model's dtype; --kv formats run in bench and eval")
     variant.check(dtype)
+    _check_before_loading(model, trace, config, dtype, variant)
     with torch_threads(threads):
         lm, tok = load_model(model, dtype)
         lm = variant.apply(lm)

@@ -5,11 +5,15 @@ One request per line, a JSON object with
   "prompt"       text, or "prompt_ids" token ids, or "prompt_len" (that many tokens of the bundled prose),
   "max_tokens"   tokens to generate (>= 1),
 and optionally "temperature", "top_p", "top_k", "seed", "n", "ignore_eos" (default true: lengths as given).
+
+Limits (a trace is replayed in real time, and every request is held in memory): arrivals within a day
+(`MAX_ARRIVAL_S`), at most `MAX_TOKENS` prompt or generated tokens per request, at most `MAX_SAMPLES` parallel
+samples, token ids below 2**31 (the model's vocabulary is checked when it is known), seeds in [0, 2**63),
+temperature finite in [0, `MAX_TEMPERATURE`], at most `MAX_REQUESTS` requests.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +26,15 @@ from ridgeline.errors import RidgelineError
 
 _SAMPLING = {"temperature": float, "top_p": float, "top_k": int, "seed": int, "n": int, "ignore_eos": bool}
 _KEYS = {"arrival", "prompt", "prompt_ids", "prompt_len", "max_tokens", "id"} | set(_SAMPLING)
+MAX_ARRIVAL_S = 86_400.0
+MAX_TOKENS = 1 << 20
+MAX_SAMPLES = 256
+MAX_TOKEN_ID = (1 << 31) - 1
+MAX_TEMPERATURE = 100.0
+MAX_REQUESTS = 1 << 20
+#: (lowest, highest) of each numeric sampling field
+_RANGES = {"temperature": (0.0, MAX_TEMPERATURE), "top_p": (0.0, 1.0), "top_k": (0, MAX_TOKEN_ID),
+           "seed": (0, 2**63 - 1), "n": (1, MAX_SAMPLES)}
 
 
 @dataclass(frozen=True)
@@ -53,9 +66,9 @@ class TraceRequest:
         return d
 
 
-def _int(v: Any, what: str, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ValueError(f"{what} must be an integer >= {lo}, got {v!r}")
+def _int(v: Any, what: str, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ValueError(f"{what} must be an integer >= {lo} and <= {hi}, got {v!r}")
     return v
 
 
@@ -70,28 +83,31 @@ def parse_request(obj: Any) -> TraceRequest:
     if len(given) != 1:
         raise ValueError("give exactly one of prompt, prompt_ids, prompt_len")
     arrival = obj.get("arrival", 0.0)
-    if isinstance(arrival, bool) or not isinstance(arrival, (int, float)) or not math.isfinite(arrival) or arrival < 0:
-        raise ValueError(f"arrival must be a number of seconds >= 0, got {arrival!r}")
+    if isinstance(arrival, bool) or not isinstance(arrival, (int, float)) or not 0 <= arrival <= MAX_ARRIVAL_S:
+        raise ValueError(f"arrival must be a number of seconds from 0 to {MAX_ARRIVAL_S:.0f} (a day), got {arrival!r}")
     if "max_tokens" not in obj:
         raise ValueError("max_tokens is missing")
-    kw: dict[str, Any] = {"arrival": float(arrival), "max_tokens": _int(obj["max_tokens"], "max_tokens", 1)}
+    kw: dict[str, Any] = {"arrival": float(arrival), "max_tokens": _int(obj["max_tokens"], "max_tokens", 1, MAX_TOKENS)}
     if "prompt" in obj:
         if not isinstance(obj["prompt"], str) or not obj["prompt"]:
             raise ValueError("prompt must be a non-empty string")
         kw["prompt"] = obj["prompt"]
     elif "prompt_ids" in obj:
         ids = obj["prompt_ids"]
-        if not isinstance(ids, list) or not ids:
-            raise ValueError("prompt_ids must be a non-empty list of token ids")
-        kw["prompt_ids"] = tuple(_int(t, "prompt_ids entries", 0) for t in ids)
+        if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_TOKENS:
+            raise ValueError(f"prompt_ids must be a list of 1 to {MAX_TOKENS} token ids")
+        kw["prompt_ids"] = tuple(_int(t, "prompt_ids entries", 0, MAX_TOKEN_ID) for t in ids)
     else:
-        kw["prompt_len"] = _int(obj["prompt_len"], "prompt_len", 1)
+        kw["prompt_len"] = _int(obj["prompt_len"], "prompt_len", 1, MAX_TOKENS)
     sampling = []
     for k, typ in _SAMPLING.items():
         if k in obj:
             v = obj[k]
             if (typ is bool) != isinstance(v, bool) or not isinstance(v, (int, float) if typ is float else typ):
                 raise ValueError(f"{k} must be {typ.__name__}, got {v!r}")
+            lo, hi = _RANGES.get(k, (None, None))
+            if lo is not None and not lo <= v <= hi:  # NaN fails this too
+                raise ValueError(f"{k} must be a finite {typ.__name__} from {lo} to {hi}, got {v!r}")
             sampling.append((k, typ(v)))
     if "id" in obj:
         kw["request_id"] = str(obj["id"])
@@ -104,39 +120,53 @@ def parse_request(obj: Any) -> TraceRequest:
 
 
 def load_trace(path: str | Path) -> list[TraceRequest]:
-    """Read a JSON-lines trace; a malformed line raises RidgelineError naming the file and line."""
+    """Read a JSON-lines trace (bounded: size, nesting, numbers); a malformed line raises RidgelineError naming the
+    file and line."""
+    from ridgeline.inputs import read_json_lines
+
     p = Path(path)
-    try:
-        lines = p.read_text().splitlines()
-    except OSError as exc:
-        raise RidgelineError(f"cannot read trace {p}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise RidgelineError(f"trace {p} is not UTF-8 text; expected JSON lines") from None
     out = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for i, obj in read_json_lines(p, "trace"):
         try:
-            out.append(parse_request(json.loads(line)))
-        except json.JSONDecodeError as exc:
-            raise RidgelineError(f"{p} line {i}: not JSON ({exc.msg} at column {exc.colno})") from None
+            out.append(parse_request(obj))
         except ValueError as exc:
             raise RidgelineError(f"{p} line {i}: {exc}") from None
+        if len(out) > MAX_REQUESTS:
+            raise RidgelineError(f"trace {p} has more than {MAX_REQUESTS} requests")
     if not out:
         raise RidgelineError(f"trace {p} has no requests; expected one JSON object per line")
     return out
 
 
+def check_trace(trace: Sequence[TraceRequest], vocab: int | None, max_position: int | None) -> None:
+    """Refuse, before a model loads, token ids outside the vocabulary and requests longer than the model's
+    positions (prompt_len and prompt_ids requests; text prompts are checked once tokenized)."""
+    for i, r in enumerate(trace):
+        what = f"request {r.request_id or i + 1}"
+        if vocab is not None and r.prompt_ids is not None and max(r.prompt_ids) >= vocab:
+            raise RidgelineError(f"{what}: prompt_ids holds token {max(r.prompt_ids)}, outside the model's "
+                                 f"vocabulary of {vocab} tokens (ids 0 to {vocab - 1})")
+        n = len(r.prompt_ids) if r.prompt_ids is not None else r.prompt_len
+        if max_position is not None and n is not None and n + r.max_tokens > max_position:
+            raise RidgelineError(f"{what}: prompt {n} + max_tokens {r.max_tokens} = {n + r.max_tokens} tokens "
+                                 f"exceed the model's {max_position} positions")
+
+
 def synthetic_trace(n: int, rate: float, prompt_len: tuple[int, int] = (32, 512),
                     output_len: tuple[int, int] = (16, 128), seed: int = 0) -> list[TraceRequest]:
     """`n` requests with Poisson arrivals at `rate` per second (inf: all at 0) and log-uniform mixed lengths."""
-    if n < 1:
-        raise RidgelineError(f"a synthetic trace needs >= 1 request, got {n}")
+    if not 1 <= n <= MAX_REQUESTS:
+        raise RidgelineError(f"a synthetic trace needs 1 to {MAX_REQUESTS} requests, got {n}")
     if not rate > 0:
         raise RidgelineError(f"the arrival rate must be > 0 requests per second, got {rate}")
+    if not 0 <= seed < 2**63:
+        raise RidgelineError(f"the seed must be in [0, 2**63), got {seed}")
+    if math.isfinite(rate) and n / rate > MAX_ARRIVAL_S:
+        raise RidgelineError(f"{n} requests at {rate:g} per second arrive over about {n / rate:.0f} s, more than "
+                             f"the {MAX_ARRIVAL_S:.0f} s (a day) a trace may span; raise the rate")
     for name, (lo, hi) in (("prompt length", prompt_len), ("output length", output_len)):
-        if not 1 <= lo <= hi:
-            raise RidgelineError(f"{name} range needs 1 <= min <= max, got {lo}..{hi}")
+        if not 1 <= lo <= hi <= MAX_TOKENS:
+            raise RidgelineError(f"{name} range needs 1 <= min <= max <= {MAX_TOKENS}, got {lo}..{hi}")
     g = torch.Generator().manual_seed(seed)
 
     def lengths(lo: int, hi: int) -> list[int]:

@@ -3,8 +3,9 @@
 from ridgeline.eval.cloze import build_cloze, evaluate_cloze
 from ridgeline.eval.next_line import build_next_line_task, evaluate_next_line, is_text_line
 from ridgeline.eval.perplexity import PerplexityConfig, PerplexityResult, perplexity
-from ridgeline.eval.run import EvalConfig, estimate, parse_tasks, run_eval, task_files_from_dir
+from ridgeline.eval.run import (EvalConfig, PreparedEval, check_context, estimate, parse_tasks, prepare_eval, run_eval,
+                                 task_files_from_dir)
 
-__all__ = ["EvalConfig", "PerplexityConfig", "PerplexityResult", "build_cloze", "build_next_line_task", "estimate",
-           "evaluate_cloze", "evaluate_next_line", "is_text_line", "parse_tasks", "perplexity", "run_eval",
-           "task_files_from_dir"]
+__all__ = ["EvalConfig", "PerplexityConfig", "PerplexityResult", "PreparedEval", "build_cloze", "build_next_line_task",
+           "check_context", "estimate", "evaluate_cloze", "evaluate_next_line", "is_text_line", "parse_tasks",
+           "perplexity", "prepare_eval", "run_eval", "task_files_from_dir"]

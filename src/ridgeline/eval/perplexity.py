@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ridgeline.errors import RidgelineError
+from ridgeline.weights import nonfinite_message
 
 Progress = Callable[[int, int], None]  # (windows done, total)
 
@@ -166,7 +167,12 @@ def _batch_nll(model: Any, ids: Any, batch: list[tuple[int, int, int]], keep_arg
     # window (b, e, k) scores its last k ids, predicted by its last k logits; fp32 log-softmax
     losses = [F.cross_entropy(logits[row, -k:].float(), ids[e - k:e], reduction="none")
               for row, (_, e, k) in enumerate(batch)]
-    return torch.cat(losses).double().sum().item()
+    total = torch.cat(losses).double().sum().item()
+    if not math.isfinite(total):  # stop at once, naming where: a NaN perplexity is never a result
+        row = next(i for i, loss in enumerate(losses) if not bool(torch.isfinite(loss).all()))
+        raise RidgelineError(nonfinite_message(model, inputs[row:row + 1], "perplexity",
+                                               position_offset=batch[row][0]))
+    return total
 
 
 def _streamed_nll(model: Any, ids: Any, plan: list[tuple[int, int, int]], config: PerplexityConfig,
@@ -181,6 +187,9 @@ def _streamed_nll(model: Any, ids: Any, plan: list[tuple[int, int, int]], config
     for i, (b, e, k) in enumerate(plan):
         cache = make_kv_cache(config.kv, model) or DynamicCache(config=model.config)
         nll += stream_losses(model, ids[None, b:e], cache, config.chunk)[-k:].sum().item()
+        if not math.isfinite(nll):
+            raise RidgelineError(nonfinite_message(model, ids[None, b:e - 1], f"perplexity through the {config.kv} "
+                                                   "KV cache", position_offset=b))
         if progress is not None:
             progress(i + 1, len(plan))
     return nll

@@ -71,6 +71,13 @@ class EvalConfig:
             raise RidgelineError(f"limit must be >= 1, got {self.limit}")
         if self.batch_size < 1:
             raise RidgelineError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.num_fewshot < 0:
+            raise RidgelineError(f"--num-fewshot must be >= 0, got {self.num_fewshot}")
+        if "ppl" in self.tasks:  # the window settings, checked before any model loads
+            from ridgeline.eval.perplexity import PerplexityConfig
+
+            PerplexityConfig(context=self.context, stride=self.stride, batch_size=self.batch_size,
+                             max_tokens=self.max_tokens, kv=self.variant.kv)
 
     @property
     def label(self) -> str:
@@ -99,6 +106,38 @@ def parse_tasks(text: str, task_dir: str | Path | None = None) -> tuple[tuple[st
     return tuple(names), files
 
 
+@dataclass(frozen=True)
+class PreparedEval:
+    """What an evaluation reads besides the model (the corpus text, the task files), read and checked before any
+    model loads; `key` says which settings it was read for."""
+
+    key: tuple
+    text: str | None
+    corpus: dict | None
+    tasks: dict[str, Any]
+
+
+def _inputs_key(cfg: EvalConfig) -> tuple:
+    return (cfg.tasks, tuple(sorted(cfg.task_files.items())), cfg.corpus, cfg.limit, cfg.num_fewshot,
+            tuple(sorted(cfg.fewshot_files.items())))
+
+
+def check_context(cfg: EvalConfig, spec: Any) -> None:
+    """Refuse, before loading, a perplexity context longer than the model's positions (`spec`: its ModelSpec)."""
+    if spec is not None and "ppl" in cfg.tasks and spec.max_position is not None and cfg.context > spec.max_position:
+        raise RidgelineError(f"--context {cfg.context} is longer than {spec.name}'s {spec.max_position} positions")
+
+
+def prepare_eval(cfg: EvalConfig) -> PreparedEval:
+    """Read and check the corpus and every task file of `cfg`, so bad input is refused before a model loads."""
+    from ridgeline.eval.tasks import load_task
+
+    text, corpus = _corpus_text(cfg) if {"ppl", "cloze"} & set(cfg.tasks) else (None, None)
+    tasks = {t: load_task(t, cfg.task_files[t], limit=cfg.limit, num_fewshot=cfg.num_fewshot,
+                          fewshot_path=cfg.fewshot_files.get(t)) for t in cfg.tasks if t not in ("ppl", "cloze")}
+    return PreparedEval(_inputs_key(cfg), text, corpus, tasks)
+
+
 def _corpus_text(cfg: EvalConfig) -> tuple[str, dict]:
     from ridgeline.corpus import corpus_info, load_corpus
 
@@ -115,12 +154,16 @@ def _params(model: Any) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, progress: Progress | None = None) -> dict:
-    """Evaluate `cfg.tasks` on the model (loaded from `cfg.model` unless given) and return the record."""
+def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, progress: Progress | None = None,
+             prepared: PreparedEval | None = None) -> dict:
+    """Evaluate `cfg.tasks` on the model (loaded from `cfg.model` unless given) and return the record; the corpus
+    and task files are read and checked first (or taken from `prepared`, when read for the same settings)."""
     from ridgeline.loader import load_model
     from ridgeline.measure import Watch, machine_info
     from ridgeline.quant import precision_label
 
+    if prepared is None or prepared.key != _inputs_key(cfg):
+        prepared = prepare_eval(cfg)
     t_load = time.perf_counter()
     if model is None:
         model, tokenizer = load_model(cfg.model, cfg.dtype)
@@ -131,19 +174,20 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, progress
                                      "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")},
                            "load_s": load_s, "tasks": {}, "machine": machine_info()}
     with Watch(bandwidth=False) as watch:  # the wall times in the record mean little on a busy machine
-        _run_tasks(cfg, model, tokenizer, out, progress)
+        _run_tasks(cfg, model, tokenizer, out, progress, prepared)
     out["contention"] = watch.result.to_json()
     return out
 
 
-def _run_tasks(cfg: EvalConfig, model: Any, tokenizer: Any, out: dict[str, Any], progress: Progress | None) -> None:
+def _run_tasks(cfg: EvalConfig, model: Any, tokenizer: Any, out: dict[str, Any], progress: Progress | None,
+               prepared: PreparedEval) -> None:
     """Score every task of `cfg` into `out["tasks"]` (and the corpus description into `out["corpus"]`)."""
-    text = None
+    text = prepared.text
+    if prepared.corpus is not None:
+        out["corpus"] = prepared.corpus
     for task in cfg.tasks:
         report = (lambda d, t, task=task: progress(task, d, t)) if progress else None
         t0 = time.perf_counter()
-        if task in ("ppl", "cloze") and text is None:
-            text, out["corpus"] = _corpus_text(cfg)
         if task == "ppl":
             from ridgeline.eval.perplexity import PerplexityConfig, perplexity
 
@@ -157,11 +201,9 @@ def _run_tasks(cfg: EvalConfig, model: Any, tokenizer: Any, out: dict[str, Any],
             result = evaluate_cloze(model, tokenizer, items, batch_size=cfg.batch_size).to_json()
         else:
             from ridgeline.eval.multiple_choice import evaluate_task
-            from ridgeline.eval.tasks import load_task
 
-            t = load_task(task, cfg.task_files[task], limit=cfg.limit, num_fewshot=cfg.num_fewshot,
-                          fewshot_path=cfg.fewshot_files.get(task))
-            result = evaluate_task(model, tokenizer, t, batch_size=cfg.batch_size, progress=report).to_json()
+            result = evaluate_task(model, tokenizer, prepared.tasks[task], batch_size=cfg.batch_size,
+                                   progress=report).to_json()
         result["wall_s"] = time.perf_counter() - t0
         out["tasks"][task] = result
 

@@ -17,10 +17,12 @@ returns an object with `.logits` of shape [batch, seq, vocab]; the tokenizer is 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from ridgeline.errors import RidgelineError
+from ridgeline.weights import nonfinite_message
 
 #: lm-eval's fallback context length when neither the config nor the tokenizer gives one
 DEFAULT_MAX_LENGTH = 2048
@@ -130,6 +132,9 @@ def score_encoded(model: CausalLM, encoded: Sequence[Encoded], limit: int, batch
             for row, toks in enumerate(batch):
                 for i in rows[toks]:
                     results[i] = _continuation_score(logits[row], len(toks), encoded[i][1])
+                    if not math.isfinite(results[i][0]):  # a NaN score is never a result: stop, naming where
+                        raise RidgelineError(nonfinite_message(model, torch.tensor([toks], device=device),
+                                                               f"request {i}"))
                     done += 1
             if progress is not None:
                 progress(done, len(encoded))

@@ -10,7 +10,6 @@ description and the first k examples of the subject's few-shot pool before the q
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -118,7 +117,8 @@ class _Doc:
 
     def index(self, value: Any, name: str, n: int, base: int = 0) -> int:
         """An answer given as an int or digit string, counted from `base`, checked against n choices."""
-        digits = isinstance(value, str) and value.strip().isdigit()
+        # ASCII digits only: "²" and "٣" are digits to str.isdigit but not to int()
+        digits = isinstance(value, str) and value.strip().isascii() and value.strip().isdigit()
         if isinstance(value, bool) or not (isinstance(value, int) or digits):
             self.fail(f"field {name!r} must be an integer (or digit string), got {value!r}")
         i = int(value) - base
@@ -249,35 +249,26 @@ def task_spec(name: str) -> TaskSpec:
 
 
 def read_json_documents(path: str | Path) -> list[tuple[str, Any]]:
-    """(location, parsed document) for a JSONL file (one object a line) or a JSON file holding a list."""
+    """(location, parsed document) for a JSONL file (one object a line) or a JSON file holding a list; read bounded
+    (size, nesting depth, integer size) through `ridgeline.inputs`."""
+    from ridgeline.inputs import MAX_DATA_BYTES, decode_text, json_lines, read_bytes
+
     path = Path(path)
     if not path.is_file():
         raise RidgelineError(f"task file {path} does not exist (or is not a file); expected a JSON or JSONL file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RidgelineError(f"cannot read task file {path} as UTF-8 text: {exc}") from None
+    text = decode_text(read_bytes(path, "task file", MAX_DATA_BYTES), f"task file {path}")
     if not text.strip():
         raise RidgelineError(f"task file {path} is empty; expected one JSON document per line")
     if text.lstrip().startswith("["):
         return _json_array(path, text)
-    docs = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                docs.append((f"{path} line {number}", json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise RidgelineError(f"{path} line {number}: malformed JSON ({exc.msg} at column {exc.colno}); "
-                                     "expected one JSON object per line") from None
-    return docs
+    return [(f"{path} line {number}", doc) for number, doc in
+            json_lines(text, str(path), bad="malformed JSON")]
 
 
 def _json_array(path: Path, text: str) -> list[tuple[str, Any]]:
-    try:
-        items = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RidgelineError(f"{path} line {exc.lineno}: malformed JSON ({exc.msg}); expected a JSON list of "
-                             "objects or one JSON object per line") from None
+    from ridgeline.inputs import parse_json
+
+    items = parse_json(text, str(path))
     if not isinstance(items, list):
         raise RidgelineError(f"{path} holds a JSON {type(items).__name__}; expected a list of documents")
     if not items:

@@ -38,7 +38,7 @@ def _int4_codes(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     torch's packed int4 layout is opaque, so the codes are read back through the kernel itself (its
     dequantization of the identity) and checked: re-dequantizing them must give the kernel's weight.
     """
-    n, k, g = module.out_features, module.in_features, module.group
+    k, g = module.in_features, module.group
     w = module.dequantize().float()  # [n, k], the kernel's values (bf16-rounded)
     sz = module.scales_zeros.float()  # [groups, n, 2]
     scale, zero = sz[..., 0].t().contiguous(), sz[..., 1].t().contiguous()

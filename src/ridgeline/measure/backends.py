@@ -72,7 +72,8 @@ class HFRunner:
                 out = self.model(torch.tensor([chunk]), position_ids=torch.arange(s, s + len(chunk))[None],
                                  cache=self.cache, use_cache=True, logits_to_keep=1)
         self.tokens = len(prompt)
-        return int(out.logits[0, -1].argmax())
+        self.last = out.logits[0, -1]  # checked for NaN/Inf by the timing loop, outside the timed region
+        return int(self.last.argmax())
 
     def decode(self, token: int) -> int:
         """One forward of one token against the cache."""
@@ -82,7 +83,8 @@ class HFRunner:
             out = self.model(torch.tensor([[token]]), position_ids=torch.tensor([[self.tokens]]),
                              cache=self.cache, use_cache=True, logits_to_keep=1)
         self.tokens += 1
-        return int(out.logits[0, -1].argmax())
+        self.last = out.logits[0, -1]
+        return int(self.last.argmax())
 
     def cached(self) -> int:
         """Tokens the cache has seen (a rolling buffer holds only the last W of them)."""
@@ -98,6 +100,7 @@ class LeanRunner:
         from ridgeline.measure.lean import LeanCausalLM
 
         self.lean = LeanCausalLM.from_hf(model, max_len)
+        self.model = model  # reran with hooks when the logits are not finite
 
     def prefill(self, prompt: Sequence[int]) -> int:
         """Reset the static cache and prefill."""
@@ -105,14 +108,16 @@ class LeanRunner:
 
         self.lean.reset()
         with torch.inference_mode():
-            return int(self.lean.prefill(torch.tensor([list(prompt)])).argmax())
+            self.last = self.lean.prefill(torch.tensor([list(prompt)]))
+            return int(self.last.argmax())
 
     def decode(self, token: int) -> int:
         """One lean decode step."""
         import torch
 
         with torch.inference_mode():
-            return int(self.lean.decode(torch.tensor([[token]])).argmax())
+            self.last = self.lean.decode(torch.tensor([[token]]))
+            return int(self.last.argmax())
 
     def cached(self) -> int:
         """Current length of the static cache."""
@@ -136,8 +141,8 @@ class LlamaCppRunner:
         self.impl = f"llama.cpp (llama-cpp-python {llama_cpp.__version__})"
 
     def _next(self) -> int:
-        logits = self.np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.n_vocab,))
-        return int(logits.argmax())
+        self.last = self.np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.n_vocab,))
+        return int(self.last.argmax())
 
     def prefill(self, prompt: Sequence[int]) -> int:
         """Clear the KV cache and evaluate the prompt (in n_batch chunks, as llama.cpp does)."""

@@ -16,6 +16,7 @@ compare directly.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Callable, Sequence
@@ -23,6 +24,7 @@ from typing import Any, Callable, Sequence
 from ridgeline.arch import Variant
 from ridgeline.errors import RidgelineError
 from ridgeline.measure.contention import Contention, Watch
+from ridgeline.measure.probe import MAX_REPEATS, check_threads
 from ridgeline.measure.stats import Stat, machine_info, summarize
 from ridgeline.specs import ModelRef, ModelSpec, Precision, Scenario, load_spec
 
@@ -125,10 +127,13 @@ class BenchConfig:
             raise RidgelineError("the llama.cpp backend runs the GGUF's own tensor types: dtype must be 'stored'")
         if self.scenario.batch != 1:
             raise RidgelineError("measured runs are batch 1 (the paged-KV engine measures batches)")
-        if self.repeats < 1 or self.warmup < 0:
-            raise RidgelineError(f"repeats must be >= 1 and warm-up >= 0, got {self.repeats} and {self.warmup}")
-        if self.threads is not None and self.threads < 1:
-            raise RidgelineError(f"threads must be >= 1, got {self.threads}")
+        if not (1 <= self.repeats <= MAX_REPEATS and 0 <= self.warmup <= MAX_REPEATS):
+            raise RidgelineError(f"repeats must be 1 to {MAX_REPEATS} and warm-up 0 to {MAX_REPEATS}, got "
+                                 f"{self.repeats} and {self.warmup}")
+        if self.threads is not None:
+            check_threads(self.threads)
+        if self.memory_limit is not None and not (math.isfinite(self.memory_limit) and self.memory_limit > 0):
+            raise RidgelineError(f"the memory limit must be a finite number > 0, got {self.memory_limit!r}")
         if self.backend == "llamacpp" and self.layers is not None:
             raise RidgelineError("--layers (depth sweeps) runs on the torch backend; llama.cpp runs the whole GGUF")
         if self.variant.transformed:
@@ -273,16 +278,19 @@ def prompt_ids(encode: Callable[[str], list[int]], n: int) -> list[int]:
 
 
 def timed_run(runner: Any, prompt: Sequence[int], n: int) -> RunSample:
-    """One repeat: prefill, then `n` decode steps, each timed; tokens fed back greedily."""
+    """One repeat: prefill, then `n` decode steps, each timed; tokens fed back greedily. Each step's logits are
+    checked for NaN/Inf after its clock stops: a model emitting garbage is stopped, not timed."""
     t0 = time.perf_counter()
     tok = runner.prefill(prompt)
     ttft = time.perf_counter() - t0
+    _check_logits(runner, prompt, [])
     steps, generated = [], []
     for _ in range(n):
         generated.append(tok)
         t0 = time.perf_counter()
         tok = runner.decode(tok)
         steps.append(time.perf_counter() - t0)
+        _check_logits(runner, prompt, generated)
     return RunSample(ttft, tuple(steps), len(prompt), tuple(generated), runner.cached())
 
 
@@ -301,6 +309,25 @@ def timed_spec_run(runner: Any, prompt: Sequence[int], n: int) -> RunSample:
         verified.append(runner.steps[-1].verified)
     return RunSample(ttft, tuple(steps), len(prompt), tuple(generated[:n]), runner.cached(), tuple(tokens),
                      tuple(verified))
+def _check_logits(runner: Any, prompt: Sequence[int], generated: Sequence[int]) -> None:
+    """Refuse non-finite logits, naming the position and (torch) the first module whose output is not finite."""
+    import numpy as np
+
+    last = getattr(runner, "last", None)  # torch logits, or llama.cpp's numpy view of them
+    if last is None or bool(last.isfinite().all() if hasattr(last, "isfinite") else np.isfinite(last).all()):
+        return
+    position = len(prompt) + len(generated) - 1
+    model = getattr(runner, "model", None)
+    if model is None:
+        raise RidgelineError(f"{runner.impl}: the logits are not finite at position {position}; the weights or "
+                             "activations overflow or are corrupt")
+    import torch
+
+    from ridgeline.weights import nonfinite_message
+
+    ids = torch.tensor([list(prompt) + list(generated)])
+    raise RidgelineError(nonfinite_message(model, ids, f"bench ({runner.impl})"))
+
 
 
 def _source(cfg: BenchConfig) -> ModelRef:
@@ -324,6 +351,8 @@ def model_spec(cfg: BenchConfig) -> ModelSpec | None:
     if cfg.backend == "llamacpp":
         return spec
     if cfg.layers is not None:
+        if not 1 <= cfg.layers <= spec.n_layers:  # refused here, before loading, not after
+            raise RidgelineError(f"--layers must be between 1 and {spec.n_layers} for this model, got {cfg.layers}")
         spec = spec.with_layers(cfg.layers)
     return cfg.variant.apply_spec(spec)
 

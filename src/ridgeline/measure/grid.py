@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ridgeline.arch import Variant
-from ridgeline.errors import RidgelineError
+from ridgeline.errors import RidgelineError, note
 from ridgeline.measure.bench import (BenchConfig, SpecFactory, SpecSetting, check_memory, load_runner, model_spec,
                                     run_bench)
 from ridgeline.measure.phi import place
@@ -48,6 +48,13 @@ class BenchGrid:
 
     def groups(self) -> list[list[BenchConfig]]:
         """Every run, grouped by what has to be loaded (one load per group, its scenarios inside)."""
+        swept = [o for o, used in (("--layers", any(k is not None for k in self.layers)),
+                                   ("--kv/--window/--kv-heads", any(v.transformed for v in self.variants))) if used]
+        if swept and "llamacpp" in self.backends:
+            if "torch" not in self.backends:  # nothing would apply them: refuse rather than ignore
+                raise RidgelineError(f"{' and '.join(swept)} transform the torch model; llama.cpp runs the GGUF as "
+                                     "stored, so add --backend torch or drop them")
+            note(f"{' and '.join(swept)} apply to the torch runs; llama.cpp runs the whole GGUF as stored, once")
         groups = []
         for backend in self.backends:
             torch = backend == "torch"

@@ -32,6 +32,8 @@ from ridgeline.specs import DeviceSpec, Provenance
 GEMM_DTYPES = ("fp32", "bf16", "fp16", "int8")
 GEMV_DTYPES = ("fp32", "bf16")  # weight dtypes decode streams through torch's matrix-vector kernels
 Progress = Callable[[str, int, int], None]  # (what, done, total)
+MAX_REPEATS = 1000  # timed repeats (and warm-ups) per kernel or run: more only waits longer
+MAX_ARRAY_MIB = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,15 @@ class ProbeResult:
                 "warnings": list(self.warnings), "machine": self.machine}
 
 
+def check_threads(n: int) -> int:
+    """Refuse a thread count below 1 or above this machine's logical CPUs (oversubscribed runs measure the
+    scheduler, not the model)."""
+    cpus = os.cpu_count() or 1
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= cpus:
+        raise RidgelineError(f"threads must be between 1 and this machine's {cpus} logical CPUs, got {n!r}")
+    return n
+
+
 @contextlib.contextmanager
 def torch_threads(n: int | None) -> Iterator[int]:
     """Run a block with torch pinned to `n` threads (default: as configured); restores the setting."""
@@ -76,9 +87,7 @@ def torch_threads(n: int | None) -> Iterator[int]:
 
     before = torch.get_num_threads()
     if n is not None:
-        if n < 1:
-            raise RidgelineError(f"threads must be >= 1, got {n}")
-        torch.set_num_threads(n)
+        torch.set_num_threads(check_threads(n))
     try:
         yield torch.get_num_threads()
     finally:
@@ -174,9 +183,9 @@ def gemv_rate(dtype: str, total_bytes: int, repeats: int, warmup: int) -> Stat:
 def probe(threads: int | None = None, array_mib: int = 512, repeats: int = 7, warmup: int = 2,
           dtypes: tuple[str, ...] = GEMM_DTYPES, progress: Progress | None = None) -> ProbeResult:
     """Measure bandwidth (read/copy/triad) and GEMM peaks per dtype with `threads` torch threads."""
-    if array_mib < 1 or repeats < 1 or warmup < 0:
-        raise RidgelineError(f"probe needs array size >= 1 MiB, repeats >= 1 and warm-up >= 0; "
-                             f"got {array_mib} MiB, {repeats}, {warmup}")
+    if not (1 <= array_mib <= MAX_ARRAY_MIB and 1 <= repeats <= MAX_REPEATS and 0 <= warmup <= MAX_REPEATS):
+        raise RidgelineError(f"probe needs array size 1 to {MAX_ARRAY_MIB} MiB, repeats 1 to {MAX_REPEATS} and "
+                             f"warm-up 0 to {MAX_REPEATS}; got {array_mib} MiB, {repeats}, {warmup}")
     for d in dtypes:
         if d not in GEMM_DTYPES:
             raise RidgelineError(f"probe dtype {d!r} is not one of {', '.join(GEMM_DTYPES)}")
@@ -201,6 +210,14 @@ def probe(threads: int | None = None, array_mib: int = 512, repeats: int = 7, wa
         if s.max and s.median / s.max < 0.75:
             warnings.append(f"{name}: median is {s.median / s.max:.0%} of the best sample (noisy machine?)")
     return ProbeResult(used, array_bytes, bw, gemm, sizes, gemv, machine_info(), mem, tuple(warnings))
+
+
+def probe_lock() -> contextlib.AbstractContextManager:
+    """An exclusive lock on probing this machine ($RIDGELINE_HOME/devices/.probe.lock): a second probe started
+    while one runs is refused at once, so two never measure each other's contention and save it as `local`."""
+    from ridgeline.io import exclusive_lock
+
+    return exclusive_lock(user_dir() / "devices" / ".probe.lock", "probing this machine")
 
 
 def probe_device(result: ProbeResult, device_id: str = "local") -> DeviceSpec:

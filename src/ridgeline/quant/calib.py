@@ -24,6 +24,10 @@ from torch import nn
 from ridgeline.errors import RidgelineError
 
 
+MAX_SAMPLES = 4096
+MAX_SEQ_LEN = 1 << 17
+
+
 @dataclass(frozen=True)
 class CalibrationConfig:
     """Where calibration text comes from and how much of it: `source` "corpus" or a text file path."""
@@ -34,10 +38,18 @@ class CalibrationConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        """Reject impossible sizes early."""
-        if self.n_samples < 1 or self.seq_len < 2:
-            raise RidgelineError(f"calibration needs n_samples >= 1 and seq_len >= 2, got {self.n_samples} "
-                                 f"and {self.seq_len}")
+        """Reject impossible sizes early (the limits bound the activations kept: samples × seq_len × hidden)."""
+        if not (1 <= self.n_samples <= MAX_SAMPLES and 2 <= self.seq_len <= MAX_SEQ_LEN):
+            raise RidgelineError(f"calibration needs 1 to {MAX_SAMPLES} samples (--calib-samples) of 2 to {MAX_SEQ_LEN} "
+                                 f"tokens (--calib-seq), got {self.n_samples} and {self.seq_len}")
+
+    def check(self, max_position: int | None) -> None:
+        """Before any model loads: windows no longer than the model's positions, and the text file readable."""
+        if max_position is not None and self.seq_len > max_position:
+            raise RidgelineError(f"--calib-seq {self.seq_len} is longer than the model's context of {max_position} "
+                                 "positions")
+        if self.source != "corpus":
+            calibration_text(self.source)
 
 
 def calibration_text(source: str) -> str:
@@ -46,13 +58,11 @@ def calibration_text(source: str) -> str:
         from ridgeline.corpus import load_corpus
 
         return load_corpus("calib").text
-    path = Path(source)
-    if not path.is_file():
-        raise RidgelineError(f"calibration source {source!r} is neither 'corpus' nor a readable text file")
-    text = path.read_text(encoding="utf-8", errors="replace")
-    if not text.strip():
-        raise RidgelineError(f"calibration file {source} is empty")
-    return text
+    from ridgeline.corpus import read_text_file
+
+    if not Path(source).expanduser().exists():
+        raise RidgelineError(f"calibration source {source!r} is neither 'corpus' nor an existing text file")
+    return read_text_file(source, "calibration file")  # the same rule as eval's --corpus
 
 
 def calibration_ids(tokenizer: Any, config: CalibrationConfig = CalibrationConfig()) -> torch.Tensor:

@@ -45,7 +45,7 @@ from ridgeline.quant.gguf_plan import (EXPORT_TYPES, SUPPORTED_ARCHITECTURES, ad
                                        gguf_tensor_plan, input_embedding, llama_cpp_arch)
 from ridgeline.quant.gguf_tokenizer import gguf_tokenizer_kv, hf_tokenizer_kv
 
-__all__ = ["EXPORT_TYPES", "SUPPORTED_ARCHITECTURES", "ExportResult", "export_gguf"]
+__all__ = ["EXPORT_TYPES", "SUPPORTED_ARCHITECTURES", "ExportResult", "export_gguf", "export_plan_check"]
 
 
 Progress = Callable[[int, int], None]  # (tensors written, total)
@@ -72,6 +72,15 @@ class ExportResult:
                 "tensor_bytes": self.tensor_bytes, "parameters": self.parameters,
                 "bits_per_weight": self.bits_per_weight, "type_counts": dict(self.type_counts),
                 "type_bytes": dict(self.type_bytes), "seconds": self.seconds}
+
+
+def export_plan_check(type: str, spec: Any) -> None:
+    """Before any model loads: the export type is known and the architecture (a ModelSpec, None for a hub id)
+    is one llama.cpp runs."""
+    export_type(type)
+    if spec is not None and spec.model_type not in SUPPORTED_ARCHITECTURES:
+        raise RidgelineError(f"GGUF export supports the {', '.join(SUPPORTED_ARCHITECTURES)} model types, "
+                             f"not {spec.model_type!r}")
 
 
 def export_gguf(model: Any, tokenizer: Any, out: str | Path, type: str = "f16", *,

@@ -65,15 +65,36 @@ def save_quantized(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike)
     return out
 
 
+#: the largest linear ridgeline rebuilds from a manifest (rows or columns): beyond every published model
+MAX_FEATURES = 1 << 20
+
+
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """The manifest of a saved quantized folder (raises if missing or malformed)."""
+    """The manifest of a saved quantized folder, read bounded and checked field by field (raises naming the field)."""
+    from ridgeline.inputs import Node, read_json
+
     file = Path(path) / MANIFEST
-    try:
-        data = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise RidgelineError(f"cannot read {file}: {exc}") from None
-    if not isinstance(data, dict) or "modules" not in data or "config" not in data:
+    data = read_json(file, "quantization manifest")
+    node = Node(data, str(file))
+    node.obj()
+    if "modules" not in data or "config" not in data:
         raise RidgelineError(f"{file} is not a ridgeline quantization manifest (needs 'config' and 'modules')")
+    node["config"].obj()
+    for name, spec in node["modules"].items():
+        spec.obj()
+        spec["class"].text()
+        for key in ("in_features", "out_features"):
+            spec[key].integer(ge=1, le=MAX_FEATURES)
+        spec["bias"].boolean()
+        if not spec["group"].missing:
+            spec["group"].integer(ge=1, le=MAX_FEATURES)
+    for key in ("quantized_bytes", "float_params", "quantized_params", "float_bytes"):
+        node[key].number(ge=0, default=None)
+    for key in ("aliases", "tensor_formats"):
+        if not node[key].missing:
+            for _, v in node[key].items():
+                v.text()
+    node["float_dtype"].choice(("float32", "bfloat16", "float16"), default=None)
     return data
 
 
@@ -101,7 +122,16 @@ def load_quantized(path: str | os.PathLike, dtype: torch.dtype | None = None) ->
     with no_init_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=saved_dtype)
     for fqn, spec in manifest["modules"].items():
-        set_module(model, fqn, module_from_spec(spec))
+        try:
+            module = module_from_spec(spec)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise RidgelineError(f"{folder / MANIFEST}: modules.{fqn} cannot be rebuilt ({type(exc).__name__}: "
+                                 f"{' '.join(str(exc).split())[:120]})") from None
+        try:
+            set_module(model, fqn, module)
+        except (AttributeError, KeyError, IndexError) as exc:
+            raise RidgelineError(f"{folder / MANIFEST}: modules.{fqn} names no module of the model "
+                                 f"({type(exc).__name__})") from None
     state = load_file(str(weights))
     for name in list(state):
         # fresh, aligned allocations: tensors cut from the file's buffer can sit at offsets the packed

@@ -70,8 +70,11 @@ def error_line(r: dict) -> str | None:
     """'run scenario: decode X ms/token measured, Y predicted on the probe roof (error Z)', if it was placed."""
     if not r.get("predicted_decode_s_per_token_probe"):
         return None
+    dev = r.get("roof_device_probe")
+    # --device may name a catalogue device instead of this machine's probe: say whose roof it is
+    roof = "the probe roof" if dev is None or str(dev).startswith("local") else f"the {dev} roof (--device)"
     return (f"{r['run']} {r['scenario']}: decode {r['decode_s_per_token'] * 1e3:.2f} ms/token measured, "
-            f"{r['predicted_decode_s_per_token_probe'] * 1e3:.2f} predicted on the probe roof "
+            f"{r['predicted_decode_s_per_token_probe'] * 1e3:.2f} predicted on {roof} "
             f"(error {r['decode_error_probe']:.0%})")
 
 

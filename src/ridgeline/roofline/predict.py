@@ -92,6 +92,9 @@ def predict(model: str | ModelSpec, device: str | DeviceSpec, scenario: str | Sc
         sc, comp = compressed(sc, spec, compress, compressor, compressor_flops)
     if speculation is not None:
         sc = replace(sc, speculation=speculation)
+    if spec.max_position is not None and sc.final_context > spec.max_position:
+        raise RidgelineError(f"scenario {sc.label} needs {sc.final_context} positions; {spec.name}'s context limit "
+                             f"(max_position_embeddings) is {spec.max_position}")
     prec = precision or default_precision(spec, weights, acts, kv, compute)
     return evaluate(build_workload(spec, sc, prec, options, comp), dev)
 

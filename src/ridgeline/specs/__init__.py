@@ -7,7 +7,7 @@ means), `get_device` a device (catalogue id, 'local', a device file), `parse_sce
 
 from ridgeline.specs.catalogue import catalogue_spec, model_index, model_rows
 from ridgeline.specs.device import (DTYPES, DeviceSpec, Provenance, catalogue, get_device, host_device,
-                                    load_device_file)
+                                    load_device_file, saved_devices)
 from ridgeline.specs.gguf_header import GGUFHeader, GGUFTensor, read_gguf_header, read_gguf_kv
 from ridgeline.specs.gguf_model import spec_from_gguf
 from ridgeline.specs.formats import (KV_FORMAT_HELP, KVFormat, NumberFormat, get_format, get_kv_format, list_format_names,
@@ -22,5 +22,5 @@ __all__ = ["Attention", "AttentionDims", "FFN", "KV_FORMAT_HELP", "Layer", "MLA"
            "NumberFormat", "Precision", "Provenance", "RECIPES", "RecipeContext", "Scenario", "Speculation", "TensorSpec", "attention_dims",
            "bundled_gguf", "catalogue", "catalogue_spec", "get_device", "get_format", "get_kv_format",
            "host_device", "is_recipe", "list_format_names", "list_formats", "load_device_file", "load_spec",
-           "model_index", "model_rows", "parse_model_ref", "parse_scenario", "read_gguf_header", "read_gguf_kv", "spec_from_config", "spec_from_gguf", "tensor_type",
+           "model_index", "model_rows", "parse_model_ref", "saved_devices", "parse_scenario", "read_gguf_header", "read_gguf_kv", "spec_from_config", "spec_from_gguf", "tensor_type",
            "with_stored_formats"]

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import difflib
 import json
-import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ridgeline.errors import RidgelineError
+from ridgeline.errors import RidgelineError, note
+from ridgeline.inputs import Node, read_structured
 from ridgeline.io import user_dir
 
 #: dtypes a device may list peaks for; "int4" and "fp8" only where the hardware has them
@@ -79,86 +79,106 @@ class DeviceSpec:
         }
 
 
-def _positive(entry: dict, key: str, where: str) -> float:
-    if key not in entry:
-        raise RidgelineError(f"{where}: missing field {key!r}")
-    value = entry[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise RidgelineError(f"{where}: field {key!r} must be a positive number, got {value!r}")
-    return float(value)
+#: limits on device numbers: beyond them an entry is a typo, and the roofline's arithmetic would overflow
+MAX_RATE = 1e21  # B/s or FLOP/s (a zettaflop; the largest chips are near 1e16)
+MAX_MEMORY = 2.0**60  # bytes (an exbibyte)
+MAX_TDP_W = 1e6
+MAX_THREADS = 1 << 16
 
 
-def device_from_dict(entry: dict[str, Any], where: str = "device") -> DeviceSpec:
-    """Validate one catalogue entry (a dict as in devices.json) into a DeviceSpec."""
-    if not isinstance(entry, dict):
-        raise RidgelineError(f"{where}: expected an object with id, name, bandwidth_Bps, ...")
-    for key in ("id", "name"):
-        if not isinstance(entry.get(key), str) or not entry[key]:
-            raise RidgelineError(f"{where}: missing or empty string field {key!r}")
-    where = f"{where} {entry['id']!r}"
-    peaks = entry.get("peak_flops")
-    if not isinstance(peaks, dict) or not peaks:
-        raise RidgelineError(f"{where}: field 'peak_flops' must map dtypes ({', '.join(DTYPES)}) to FLOP/s")
-    for dtype in peaks:
+def _entry(node: Node) -> DeviceSpec:
+    """One validated entry; every message names the file and the field's path."""
+    node.obj()
+    dev_id, name = node["id"].text(), node["name"].text()
+    peaks = node["peak_flops"]
+    if not peaks.obj():
+        peaks.fail(f"an object mapping dtypes ({', '.join(DTYPES)}) to FLOP/s")
+    for dtype in peaks.obj():
         if dtype not in DTYPES:
-            raise RidgelineError(f"{where}: unknown dtype {dtype!r} in peak_flops; expected one of {', '.join(DTYPES)}")
-        _positive(peaks, dtype, f"{where} peak_flops")
-    if "fp32" not in peaks:
-        raise RidgelineError(f"{where}: peak_flops needs an 'fp32' entry")
-    prov = entry.get("provenance")
-    if not isinstance(prov, dict) or prov.get("kind") not in ("theoretical", "measured"):
-        raise RidgelineError(f"{where}: field 'provenance' needs kind 'theoretical' or 'measured', source and date")
-    for key in ("source", "date"):
-        if not isinstance(prov.get(key), str) or not prov[key]:
-            raise RidgelineError(f"{where}: provenance needs a non-empty {key!r}")
-    tdp = entry.get("tdp_w")
+            raise RidgelineError(f"{node.file}: {peaks.path}: unknown dtype {dtype!r}; expected one of "
+                                 f"{', '.join(DTYPES)}")
+    if "fp32" not in peaks.obj():
+        peaks["fp32"].fail("given (every device needs an fp32 peak)")
+    prov = node["provenance"]
+    prov.obj()
+    gemv = node["gemv_Bps"]
     return DeviceSpec(
-        id=entry["id"].lower(), name=entry["name"], kind=str(entry.get("kind", "gpu")),
-        memory_bytes=_positive(entry, "memory_bytes", where),
-        bandwidth_Bps=_positive(entry, "bandwidth_Bps", where),
-        peak_flops={k: float(v) for k, v in peaks.items()},
-        provenance=Provenance(prov["kind"], prov["source"], prov["date"], str(prov.get("notes", ""))),
-        tdp_w=float(tdp) if tdp is not None else None,
-        engines={str(k): str(v) for k, v in (entry.get("engines") or {}).items()},
-        threads=entry.get("threads"),
-        host_match=dict(entry.get("host_match") or {}),
-        gemv_Bps={str(k): _positive(entry["gemv_Bps"], k, f"{where} gemv_Bps") for k in (entry.get("gemv_Bps") or {})},
+        id=dev_id.lower(), name=name, kind=node["kind"].text(default="gpu"),
+        memory_bytes=node["memory_bytes"].number(gt=0, le=MAX_MEMORY),
+        bandwidth_Bps=node["bandwidth_Bps"].number(gt=0, le=MAX_RATE),
+        peak_flops={k: v.number(gt=0, le=MAX_RATE) for k, v in peaks.items()},
+        provenance=Provenance(prov["kind"].choice(("theoretical", "measured")), prov["source"].text(),
+                              prov["date"].text(), str(prov["notes"].value) if not prov["notes"].missing else ""),
+        tdp_w=node["tdp_w"].number(gt=0, le=MAX_TDP_W, default=None),
+        engines={k: v.text(nonempty=False) for k, v in node["engines"].items()} if not node["engines"].missing else {},
+        threads=node["threads"].integer(ge=1, le=MAX_THREADS, default=None),
+        host_match=_host_match(node["host_match"]),
+        gemv_Bps={k: v.number(gt=0, le=MAX_RATE) for k, v in gemv.items()} if not gemv.missing else {},
     )
 
 
+def _host_match(node: Node) -> dict[str, Any]:
+    """{"cpu": substring of the CPU model, "cores": logical cores}, both optional."""
+    if node.missing:
+        return {}
+    node.obj()
+    out: dict[str, Any] = {}
+    if not node["cpu"].missing:
+        out["cpu"] = node["cpu"].text()
+    if not node["cores"].missing:
+        out["cores"] = node["cores"].integer(ge=1, le=MAX_THREADS)
+    return out
+
+
+def device_from_dict(entry: dict[str, Any], where: str = "device") -> DeviceSpec:
+    """Validate one catalogue entry (a dict as in devices.json) into a DeviceSpec; `where` names it in messages
+    (e.g. `devices.toml: devices[2]`)."""
+    file, _, path = where.partition(": ")
+    return _entry(Node(entry, file if path else where, path))
+
+
 def load_device_file(path: str | Path) -> list[DeviceSpec]:
-    """Read user devices from a TOML or JSON file: one entry, a list, or {"devices": [...]}."""
+    """Read user devices from a TOML or JSON file: one entry, a list, or {"devices": [...]} (bounded, validated)."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise RidgelineError(f"cannot read device file {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise RidgelineError(f"device file {path} is not UTF-8 text; expected TOML or JSON") from None
-    try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        kind = "TOML" if path.suffix == ".toml" else "JSON"
-        raise RidgelineError(f"device file {path} is not valid {kind}: {exc}") from None
+    data = read_structured(path, "device file")
+    root = Node(data, str(path))
     if isinstance(data, dict) and "devices" in data:
-        data = data["devices"]
-    entries = data if isinstance(data, list) else [data]
-    return [device_from_dict(e, f"{path.name}[{i}]") for i, e in enumerate(entries)]
+        entries = root["devices"].entries(min_len=1)
+    elif isinstance(data, list):
+        entries = root.entries(min_len=1)
+    else:
+        entries = [root]
+    return [_entry(e) for e in entries]
 
 
 @lru_cache(maxsize=1)
 def _builtin() -> tuple[DeviceSpec, ...]:
     text = resources.files("ridgeline.specs").joinpath("data/devices.json").read_text()
-    return tuple(device_from_dict(e, "devices.json") for e in json.loads(text)["devices"])
+    return tuple(device_from_dict(e, f"devices.json: devices[{i}]") for i, e in enumerate(json.loads(text)["devices"]))
 
 
-def catalogue(extra_files: tuple[str | Path, ...] = ()) -> dict[str, DeviceSpec]:
-    """All known devices: built-in, then the user's saved devices (e.g. `local`), then `extra_files`."""
-    devices = {d.id: d for d in _builtin()}
+def saved_devices() -> tuple[dict[str, DeviceSpec], dict[str, str]]:
+    """The user's saved devices ($RIDGELINE_HOME/devices/*.json, e.g. `local` from the probe) by id, and for each
+    file that cannot be read (a corrupt or half-copied file) the device id its name gives -> the error. One bad file
+    never hides the catalogue: commands note it, and only that device fails when asked for."""
+    devices: dict[str, DeviceSpec] = {}
+    broken: dict[str, str] = {}
     saved = user_dir() / "devices"
     if saved.is_dir():
         for f in sorted(saved.glob("*.json")):
-            devices.update({d.id: d for d in load_device_file(f)})
+            try:
+                devices.update({d.id: d for d in load_device_file(f)})
+            except RidgelineError as exc:
+                broken[f.stem.lower()] = str(exc)
+                note(f"saved device {f.stem.lower()!r} left out: {exc}; rerun `ridgeline probe` to measure it again")
+    return devices, broken
+
+
+def catalogue(extra_files: tuple[str | Path, ...] = ()) -> dict[str, DeviceSpec]:
+    """All known devices: built-in, then the user's saved devices (e.g. `local`; unreadable ones left out, see
+    `saved_devices`), then `extra_files`."""
+    devices = {d.id: d for d in _builtin()}
+    devices.update(saved_devices()[0])
     for f in extra_files:
         devices.update({d.id: d for d in load_device_file(f)})
     return devices
@@ -181,6 +201,10 @@ def get_device(name: str, extra_files: tuple[str | Path, ...] = ()) -> DeviceSpe
     key = name.strip().lower()
     if key in devices:
         return devices[key]
+    broken = saved_devices()[1]
+    if key in broken:
+        raise RidgelineError(f"saved device {key!r} cannot be read: {broken[key]}; rerun `ridgeline probe` to "
+                             "measure it again")
     if key == "local":
         raise RidgelineError("no measured 'local' device yet: run `ridgeline probe` first")
     close = difflib.get_close_matches(key, list(devices), n=3, cutoff=0.5)

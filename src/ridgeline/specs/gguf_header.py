@@ -5,8 +5,9 @@ the metadata (key string, value type u32, value; arrays: item type u32, count u6
 name, dimension count (u32), dimensions (u64 each, ggml order: innermost first), ggml type (u32) and data
 offset (u64). Strings are a u64 length and raw bytes. Only the header is read, in growing chunks, so a
 50k-token vocabulary takes milliseconds (gguf-py's GGUFReader memory-maps the file and slices every item).
-Every count, length and type is checked against the file's size, so a corrupt or truncated header is a
-RidgelineError naming the file, never an exception from deep inside `struct`.
+Every count, length and type is checked against the file's size, and every tensor's data against the data
+section (after the header, at `general.alignment`), so a corrupt or truncated file is a RidgelineError naming the
+file (and the tensor), never an exception from deep inside `struct` or a load that fails later.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from ridgeline.errors import RidgelineError
 #: GGUFValueType number -> struct format of a scalar (8 is STRING, 9 ARRAY)
 _SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 STRING, ARRAY = 8, 9
+MAX_DIM = 1 << 40
+MAX_ELEMENTS = 1 << 44
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,8 @@ def _tensor(r: _Reader) -> GGUFTensor:
     if not 1 <= n_dims <= 4:
         raise RidgelineError(f"{r.path}: tensor {name} has {n_dims} dimensions (ggml allows 1 to 4)")
     dims = [r.take("Q") for _ in range(n_dims)]
+    if any(d > MAX_DIM for d in dims) or math.prod(dims) > MAX_ELEMENTS:
+        raise RidgelineError(f"{r.path}: tensor {name} has dimensions {dims}, beyond any model (corrupt header)")
     code = r.take("I")
     try:
         qtype = GGMLQuantizationType(code)
@@ -148,7 +153,21 @@ def read_gguf_header(path: str | Path) -> GGUFHeader:
                 raise RidgelineError(f"{path}: malformed GGUF metadata (a key is not UTF-8)") from None
             kv.append((key, *_value(r, key)))
         tensors = tuple(_tensor(r) for _ in range(n_tensors))
+    _check_data(path, size, r.pos, dict((k, v) for k, v, _, _ in kv), tensors)
     return GGUFHeader(path, version, tuple(kv), tensors)
+
+
+def _check_data(path: Path, size: int, header_end: int, meta: dict[str, Any], tensors: tuple[GGUFTensor, ...]) -> None:
+    """Every tensor's bytes lie inside the data section, which starts at the header's end rounded up to
+    `general.alignment` (default 32): a truncated download is named here, not by a crash while loading."""
+    align = meta.get("general.alignment", 32)
+    if isinstance(align, bool) or not isinstance(align, int) or not 1 <= align <= 1 << 20 or align & (align - 1):
+        raise RidgelineError(f"{path}: general.alignment must be a power of two up to 1 MiB, got {align!r}")
+    start = -(-header_end // align) * align
+    for t in tensors:
+        if t.offset % align or start + t.offset + t.nbytes > size:
+            raise RidgelineError(f"{path} is truncated or corrupt: tensor {t.name} ({t.nbytes} bytes at data offset "
+                                 f"{t.offset}) does not lie inside the file's {max(0, size - start)} data bytes")
 
 
 def read_gguf_kv(path: str | Path) -> list[tuple[str, Any, int, int | None]]:

@@ -41,6 +41,23 @@ def spec_from_gguf(path: str | Path) -> ModelSpec:
     def m(key: str, default: Any = None) -> Any:
         return meta.get(f"{arch}.{key}", default)
 
+    for key in ("attention.layer_norm_rms_epsilon", "attention.layer_norm_epsilon", "rope.freq_base"):
+        v = m(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1e30):
+            raise RidgelineError(f"{path}: GGUF metadata {arch}.{key} must be a finite number > 0, got {v!r}")
+    try:
+        cfg = _config(arch, m, meta, names)
+    except (TypeError, ValueError, AttributeError) as exc:  # a metadata value of the wrong type
+        raise RidgelineError(f"{path}: malformed GGUF metadata for {arch} ({type(exc).__name__}: {exc})") from None
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
+        if not cfg.get(key):
+            raise RidgelineError(f"{path}: GGUF metadata lacks what {key!r} needs ({arch}.* keys)")
+    spec = spec_from_config({k: v for k, v in cfg.items() if v is not None}, path.stem, str(path))
+    return replace(spec, gguf_tensors=tensors)
+
+
+def _config(arch: str, m: Any, meta: dict[str, Any], names: dict[str, TensorSpec]) -> dict[str, Any]:
+    """The config.json-style fields of a GGUF's metadata (values checked by `spec_from_config`)."""
     embd = names.get("token_embd.weight")
     vocab = m("vocab_size") or meta.get("tokenizer.ggml.tokens") or (embd.shape[0] if embd else None)
     cfg: dict[str, Any] = {
@@ -67,8 +84,4 @@ def spec_from_gguf(path: str | Path) -> ModelSpec:
                    qk_rope_head_dim=rope, qk_nope_head_dim=m("attention.key_length") - rope,
                    v_head_dim=m("attention.value_length"), n_routed_experts=m("expert_count"),
                    n_shared_experts=m("expert_shared_count"), first_k_dense_replace=m("leading_dense_block_count", 0))
-    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
-        if not cfg.get(key):
-            raise RidgelineError(f"{path}: GGUF metadata lacks what {key!r} needs ({arch}.* keys)")
-    spec = spec_from_config({k: v for k, v in cfg.items() if v is not None}, path.stem, str(path))
-    return replace(spec, gguf_tensors=tensors)
+    return cfg

@@ -8,7 +8,6 @@ so llama.cpp's per-tensor quantization recipes apply directly.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -139,8 +138,9 @@ class ModelSpec:
 
     def with_layers(self, n: int) -> "ModelSpec":
         """The first `n` blocks only (depth sweeps); GGUF tensor sizes are dropped."""
-        if not 1 <= n:
-            raise RidgelineError(f"number of layers must be >= 1, got {n}")
+        if not 1 <= n <= LIMITS["layers"]:
+            raise RidgelineError(f"number of layers must be between 1 and {LIMITS['layers']} (ridgeline's limit), "
+                                 f"got {n}")
         layers = tuple(self.layers[i % self.n_layers] for i in range(n))
         return replace(self, layers=layers, gguf_tensors=None, name=f"{self.name}[{n}L]")
 
@@ -304,6 +304,23 @@ def _layer_tensors(i: int, layer: Layer, h: int) -> list[TensorSpec]:
 # config.json -> ModelSpec
 
 
+#: ridgeline's limits on config sizes (far above every published model, far below what would exhaust memory when
+#: every layer and tensor is listed): field -> largest value accepted
+LIMITS = {"layers": 1024, "hidden": 1 << 17, "heads": 1 << 12, "head_dim": 1 << 14, "intermediate": 1 << 20,
+          "vocab": 1 << 24, "experts": 1 << 12, "positions": 1 << 27, "rank": 1 << 17}
+_LIMIT_OF = {"hidden_size": "hidden", "n_embd": "hidden", "d_model": "hidden",
+             "num_hidden_layers": "layers", "n_layer": "layers", "num_layers": "layers",
+             "num_attention_heads": "heads", "n_head": "heads", "num_heads": "heads", "num_key_value_heads": "heads",
+             "n_head_kv": "heads", "num_kv_heads": "heads", "head_dim": "head_dim", "vocab_size": "vocab",
+             "intermediate_size": "intermediate", "n_inner": "intermediate", "ffn_hidden_size": "intermediate",
+             "moe_intermediate_size": "intermediate", "moe_ffn_hidden_size": "intermediate",
+             "shared_expert_intermediate_size": "intermediate", "n_experts": "experts", "num_experts_per_tok": "experts",
+             "moe_top_k": "experts", "moe_num_active_primary_experts": "experts", "n_shared_experts": "experts",
+             "q_lora_rank": "rank", "kv_lora_rank": "rank", "qk_nope_head_dim": "head_dim",
+             "qk_rope_head_dim": "head_dim", "v_head_dim": "head_dim", "max_position_embeddings": "positions",
+             "n_positions": "positions", "sliding_window": "positions", "sliding_window_size": "positions"}
+
+
 def _get(cfg: dict, names: tuple[str, ...], where: str, required: bool = True, default: Any = None) -> Any:
     for n in names:
         if cfg.get(n) is not None:
@@ -315,10 +332,41 @@ def _get(cfg: dict, names: tuple[str, ...], where: str, required: bool = True, d
                     raise RidgelineError(f"{where}: field {n!r} must be an integer, got {v!r}")
             if v <= 0:
                 raise RidgelineError(f"{where}: field {n!r} must be positive, got {v}")
+            limit = LIMITS.get(_LIMIT_OF.get(n, ""))
+            if limit is not None and v > limit:
+                raise RidgelineError(f"{where}: field {n!r} is {v}, above ridgeline's limit of {limit} for it")
             return v
     if required:
         raise RidgelineError(f"{where}: missing required field {names[0]!r}")
     return default
+
+
+def _check_fields(cfg: dict[str, Any], where: str) -> None:
+    """Fields beyond the sizes: finite positive epsilons and rope bases, fractions in (0, 1], sizes that must be
+    given as >= 1 when present (a config saying 0 experts or -1 positions is wrong, not dense or unbounded)."""
+    from ridgeline.inputs import Node
+
+    node = Node(cfg, where)
+    for key in ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_eps", "rope_theta"):
+        node[key].number(gt=0, default=None)
+    for key in ("partial_rotary_factor", "rotary_pct"):
+        node[key].number(gt=0, le=1, default=None)
+    for key in ("max_position_embeddings", "n_positions", "num_local_experts", "num_experts", "n_routed_experts",
+                "moe_num_primary_experts", "sliding_window", "sliding_window_size"):
+        if cfg.get(key) is not None and not (key.startswith("sliding") and cfg[key] in (0, False)):
+            _get(cfg, (key,), where)
+    for key in ("first_k_dense_replace", "max_window_layers"):
+        node[key].integer(ge=0, le=LIMITS["layers"], default=None)
+    for key in ("moe_layer_freq", "decoder_sparse_step", "sliding_window_pattern"):
+        node[key].integer(ge=1, le=LIMITS["layers"], default=None)
+    for key in ("tie_word_embeddings", "attention_bias", "mlp_bias", "use_sliding_window", "use_parallel_residual"):
+        node[key].boolean(default=None)
+    if cfg.get("mlp_only_layers") is not None:
+        for entry in node["mlp_only_layers"].entries(max_len=LIMITS["layers"]):
+            entry.integer(ge=0, le=LIMITS["layers"])
+    for key in ("layer_types", "sliding_window_layout"):
+        if isinstance(cfg.get(key), list) and len(cfg[key]) > LIMITS["layers"]:
+            node[key].fail(f"a list of at most {LIMITS['layers']} layers")
 
 
 def spec_from_config(cfg: dict[str, Any], name: str = "model", source: str = "") -> ModelSpec:
@@ -333,6 +381,7 @@ def spec_from_config(cfg: dict[str, Any], name: str = "model", source: str = "")
                                 ("mlp_only_layers", list, "a list of layer indices")):
         if cfg.get(key) is not None and (not isinstance(cfg[key], kind) or isinstance(cfg[key], bool)):
             raise RidgelineError(f"{where}: field {key!r} must be {expected}, got {cfg[key]!r}")
+    _check_fields(cfg, where)
     try:
         return _spec_from_config(cfg, name, source, where)
     except (TypeError, AttributeError, KeyError) as exc:  # a field of an unexpected type deep inside
@@ -396,7 +445,7 @@ def _spec_from_config(cfg: dict[str, Any], name: str, source: str, where: str) -
                                 parallel=mt == "gpt_neox" and bool(cfg.get("use_parallel_residual", True))))
     return ModelSpec(name=name, model_type=mt, hidden=h, vocab=vocab, layers=tuple(layers), tied=tied,
                      final_norm_bias=norm_bias,
-                     max_position=cfg.get("max_position_embeddings") or cfg.get("n_positions"), source=source)
+                     max_position=_get(cfg, ("max_position_embeddings", "n_positions"), where, False), source=source)
 
 
 def _layer_windows(cfg: dict, mt: str, n: int, where: str) -> list[int | None]:
@@ -425,20 +474,20 @@ def _layer_windows(cfg: dict, mt: str, n: int, where: str) -> list[int | None]:
 
 
 def _moe(cfg: dict, mt: str, n: int, where: str) -> tuple[set[int], MoE | None]:
-    e = (cfg.get("num_local_experts") or cfg.get("num_experts") or cfg.get("n_routed_experts")
-         or cfg.get("moe_num_primary_experts"))
-    if not e:
+    keys = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_primary_experts")
+    e = next((cfg[k] for k in keys if cfg.get(k) is not None), None)
+    if e is None:
         return set(), None
-    e = _get({"n_experts": e}, ("n_experts",), where)
+    e = _get(cfg, keys, where)  # 0 experts is an error, not a dense model
     k = _get(cfg, ("num_experts_per_tok", "moe_top_k", "moe_num_active_primary_experts"), where)
     if k > e:
         raise RidgelineError(f"{where}: num_experts_per_tok {k} exceeds the number of experts {e}")
     fe = _get(cfg, ("moe_intermediate_size", "moe_ffn_hidden_size", "intermediate_size"), where)
     shared, gate = 0, False
     if cfg.get("shared_expert_intermediate_size"):
-        shared, gate = cfg["shared_expert_intermediate_size"], True
+        shared, gate = _get(cfg, ("shared_expert_intermediate_size",), where), True
     elif cfg.get("n_shared_experts"):
-        shared = cfg["n_shared_experts"] * fe
+        shared = _get(cfg, ("n_shared_experts",), where) * fe
     if mt.startswith("deepseek"):
         first, freq = cfg.get("first_k_dense_replace", 0), cfg.get("moe_layer_freq") or 1
         layers = {i for i in range(n) if i >= first and i % freq == 0}
@@ -455,17 +504,10 @@ def _moe(cfg: dict, mt: str, n: int, where: str) -> tuple[set[int], MoE | None]:
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
-    """Read a config.json, with a one-line error for unreadable or non-JSON files."""
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError:
-        raise RidgelineError(f"{path} is not a JSON config (binary file); pass a config.json, folder or .gguf") from None
-    except OSError as exc:
-        raise RidgelineError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        cfg = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RidgelineError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); expected a config.json") from None
+    """Read a config.json (bounded: size, nesting, integers), with a one-line error for unreadable or non-JSON files."""
+    from ridgeline.inputs import read_json
+
+    cfg = read_json(path)
     if not isinstance(cfg, dict):
         raise RidgelineError(f"{path}: expected a JSON object (a Hugging Face config.json)")
     return cfg
@@ -489,11 +531,12 @@ def quantized_manifest(folder: str | Path) -> dict[str, Any] | None:
     path = Path(folder) / "ridgeline_quant.json"
     if not path.is_file():
         return None
-    data = load_config_file(path)
-    formats = data.get("tensor_formats", {})
-    if not isinstance(formats, dict) or not all(isinstance(v, str) for v in formats.values()):
-        raise RidgelineError(f"{path}: field 'tensor_formats' must map tensor names to format names")
-    dtype = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(data.get("float_dtype"), "fp32")
+    from ridgeline.inputs import Node
+
+    node = Node(load_config_file(path), str(path))
+    formats = {k: v.text() for k, v in node["tensor_formats"].items()} if not node["tensor_formats"].missing else {}
+    dtype = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[
+        node["float_dtype"].choice(("float32", "bfloat16", "float16"), default="float32")]
     return {"tensor_formats": formats, "float_format": dtype}
 
 

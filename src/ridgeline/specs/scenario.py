@@ -20,6 +20,9 @@ from ridgeline.errors import RidgelineError
 
 #: RooflineBench's grid: short/long input × short/long output
 GRID = {"SISO": (128, 128), "LISO": (4096, 128), "SILO": (128, 4096), "LILO": (4096, 4096)}
+#: ridgeline's limits: tokens per sequence (above every model's context; 2**27) and sequences per batch
+MAX_TOKENS = 1 << 27
+MAX_BATCH = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,9 @@ class Scenario:
             raise RidgelineError(f"compression rate must be a number >= 1 (1: none, 2: half the prompt), got {c!r}")
         if self.speculation is not None and self.batch != 1:
             raise RidgelineError("speculative decoding is modelled at batch 1")
+        if self.prompt + self.generate > MAX_TOKENS or self.batch > MAX_BATCH:
+            raise RidgelineError(f"scenario {self.prompt}:{self.generate} batch {self.batch} is beyond ridgeline's "
+                                 f"limits of {MAX_TOKENS} tokens and batch {MAX_BATCH}")
 
     @property
     def prefill_tokens(self) -> int:

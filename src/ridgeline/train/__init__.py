@@ -5,7 +5,7 @@ search)."""
 
 from ridgeline.engine import (MedusaHeads, ResBlock, base_info, check_base, load_heads, rank_accuracy,  # re-exported
                               read_heads_manifest, save_heads, weights_hash)
-from ridgeline.train.convert import GQAReport, convert_to_gqa, save_model
+from ridgeline.train.convert import GQAReport, check_gqa_run, convert_to_gqa, save_model
 from ridgeline.train.distill import check_tokenizers, measure_speed, run_distill
 from ridgeline.train.distill_config import (DistillConfig, EvalSettings, QuantSpec, SearchSettings, SpeedSettings,
                                             StudentSpec, parse_data, parse_loss, parse_quantize)
@@ -26,9 +26,9 @@ __all__ = ["DataConfig", "DistillConfig", "DistillData", "DistillResult", "EvalS
            "KDLossConfig", "KDTrainConfig", "KDTrainResult", "LoRAConfig", "MedusaConfig", "MedusaHeads",
            "MedusaReport", "QuantSpec", "ResBlock", "SamplingConfig", "SearchSettings", "SearchSpace", "SpeedSettings",
            "Stage", "StudentSpec", "TopK", "UptrainConfig", "UptrainResult", "accuracy_report", "add_lora", "base_info",
-           "bucket_kl", "build_kd_data", "check_base", "check_tokenizers", "checkpoint_path", "convert_to_gqa",
-           "corpus_stream", "distill_data", "evaluate_trial", "heads_accuracy", "heldout_quality", "heldout_targets",
-           "kd_loss", "load_heads", "make_optimizers", "mean_ci", "measure_speed", "merge_lora", "parse_data",
-           "parse_loss", "parse_quantize", "plan_stages", "rank_accuracy", "read_heads_manifest", "run_distill",
-           "run_search", "save_heads", "save_model", "split_parameters", "summary_lines", "token_kl", "train_kd",
-           "train_medusa", "trial_task", "uptrain", "weights_hash"]
+           "bucket_kl", "build_kd_data", "check_base", "check_gqa_run", "check_tokenizers", "checkpoint_path",
+           "convert_to_gqa", "corpus_stream", "distill_data", "evaluate_trial", "heads_accuracy", "heldout_quality",
+           "heldout_targets", "kd_loss", "load_heads", "make_optimizers", "mean_ci", "measure_speed", "merge_lora",
+           "parse_data", "parse_loss", "parse_quantize", "plan_stages", "rank_accuracy", "read_heads_manifest",
+           "run_distill", "run_search", "save_heads", "save_model", "split_parameters", "summary_lines", "token_kl",
+           "train_kd", "train_medusa", "trial_task", "uptrain", "weights_hash"]

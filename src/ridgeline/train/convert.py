@@ -30,6 +30,29 @@ def _ppl(model: Any, tokenizer: Any, text: str, context: int, max_tokens: int) -
     return perplexity(model, tokenizer, text, cfg).to_json()["token_perplexity"]
 
 
+MAX_EVAL_TOKENS = 1 << 22
+
+
+def check_gqa_run(spec: Any, groups: int, config: UptrainConfig, context: int, eval_tokens: int) -> None:
+    """Before any model loads: K/V heads that divide the query heads, windows inside the model's positions, and
+    sizes within ridgeline's limits (`spec`: the model's ModelSpec, None for a hub id)."""
+    from ridgeline.errors import RidgelineError
+
+    if not 1 <= eval_tokens <= MAX_EVAL_TOKENS:
+        raise RidgelineError(f"--eval-tokens must be from 1 to {MAX_EVAL_TOKENS}, got {eval_tokens}")
+    if context < 2:
+        raise RidgelineError(f"--context must be >= 2 tokens, got {context}")
+    if spec is None:
+        return
+    try:
+        spec.with_kv_heads(groups)
+    except RidgelineError as exc:
+        raise RidgelineError(f"--kv-heads: {exc}") from None
+    for option, n in (("--context", context), ("--seq-len", config.seq_len)):
+        if spec.max_position is not None and n > spec.max_position:
+            raise RidgelineError(f"{option} {n} is longer than {spec.name}'s {spec.max_position} positions")
+
+
 def convert_to_gqa(model: Any, tokenizer: Any, groups: int, config: UptrainConfig, context: int = 512,
                    eval_tokens: int = 4096, progress: Progress | None = None) -> GQAReport:
     """Pool `model`'s K/V heads to `groups` (in place), uptrain on the calibration split, report each stage."""
@@ -74,7 +97,7 @@ def save_model(model: Any, tokenizer: Any, out: str | os.PathLike) -> Path:
     from ridgeline.loader import quiet_transformers
 
     out = Path(out)
-    with atomic_folder(out) as tmp, quiet_transformers():
+    with atomic_folder(out, kind="model") as tmp, quiet_transformers():
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return out

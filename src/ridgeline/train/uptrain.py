@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ridgeline.errors import RidgelineError
+from ridgeline.errors import RidgelineError, Terminated
 
 OPTIMIZERS = ("adamw", "muon")
 TRAINABLE = ("all", "attention", "kv")
@@ -52,10 +52,10 @@ class UptrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("steps", "seq_len", "batch_size"):
+        for name, hi in (("steps", 1 << 20), ("seq_len", 1 << 17), ("batch_size", 1 << 12)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise RidgelineError(f"uptrain {name} must be an integer >= 1, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
+                raise RidgelineError(f"uptrain {name} must be an integer from 1 to {hi}, got {v!r}")
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
             raise RidgelineError(f"uptrain warmup must be an integer >= 0 steps, got {self.warmup!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
@@ -202,7 +202,9 @@ def uptrain(model: nn.Module, ids: torch.Tensor, config: UptrainConfig | None = 
                 if progress is not None:
                     try:
                         progress(step + 1, cfg.steps, losses[-1])
-                    except KeyboardInterrupt:  # between steps: the weights are consistent
+                    except KeyboardInterrupt as exc:  # between steps: the weights are consistent
+                        if isinstance(exc, Terminated):  # SIGTERM ends the run; only Ctrl-C stops early
+                            raise
                         interrupted = True
                         break
             interrupted = interrupted or (stop_requested() and len(losses) < cfg.steps)
