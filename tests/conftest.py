@@ -1,6 +1,7 @@
 """Shared fixtures: tiny configs of every supported family, and an isolated user directory."""
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,21 @@ FAMILIES = {
                         qk_rope_head_dim=4, v_head_dim=12, n_group=1, topk_group=1),
 }
 
+
+
+#: a plain progress line ('[  12 s] bench: repeat 1/3 1/4') the CLI writes to a non-terminal stderr
+PROGRESS_LINE = re.compile(r"\[ *\d+ s\] ")
+
+
+def one_line_error(result, *needles: str) -> str:
+    """Assert a CLI result is exit code 2 with one `error:` line on stderr (after any progress lines); return it."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = [line for line in result.stderr.splitlines() if not PROGRESS_LINE.match(line)]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
 
 def family_config(key: str) -> dict:
     """A config.json-like dict for a tiny member of family `key` (suffixes name variants)."""

@@ -175,7 +175,8 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path, optimizer):
     state = tmp_path / "state"
     with pytest.raises(KeyboardInterrupt):
         train_kd(tiny_llama(layers=2), data, cfg, state, stop_at_3)
-    assert sorted(p.name for p in state.iterdir()) == ["optimizer.safetensors", "state.json", "trainable.safetensors"]
+    assert sorted(p.name for p in state.iterdir()) == [".ridgeline", "optimizer.safetensors", "state.json",
+                                                       "trainable.safetensors"]
     assert json.loads((state / "state.json").read_text())["step"] == 3
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
     resumed, res = train_kd(tiny_llama(layers=2), data, cfg, state)

@@ -12,7 +12,6 @@ import faulthandler
 import glob
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import one_line_error
 from typer.testing import CliRunner
 
 from ridgeline.cli import app
@@ -38,15 +38,6 @@ PROBE_ARGS = ["--probe-array-mib", "8", "--probe-repeats", "1"]
 
 def cli(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def one_line_error(result, *needles):
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    # plain progress lines ('[   7 s] fleet bench: ...') may come first when stderr is captured
-    lines = [line for line in result.stderr.splitlines() if not re.match(r"\[ *\d+ s\] ", line)]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
 
 
 def test_without_ray_every_fleet_command_says_how_to_install_it(monkeypatch):

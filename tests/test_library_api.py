@@ -193,7 +193,7 @@ def test_atomic_folder_replaces_only_on_success(tmp_path):
         with atomic_folder(out) as tmp:
             (tmp / "b.txt").write_text("2")
             raise ValueError("interrupted")
-    assert sorted(p.name for p in out.iterdir()) == ["a.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".ridgeline", "a.txt"]  # the marker: the folder is ridgeline's
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left
     with pytest.raises(RidgelineError, match="does not exist"):
         with atomic_folder(tmp_path / "missing" / "x"):

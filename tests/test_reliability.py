@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from ridgeline.cli import app
 from ridgeline.errors import RidgelineError
 
-from conftest import BUNDLED_GGUF, needs_bundled
+from conftest import BUNDLED_GGUF, needs_bundled, one_line_error
 
 CPU = "epyc-zen4-2vcpu"
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -32,16 +32,6 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 def run(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def one_line_error(result, *needles: str) -> str:
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 def leftovers(folder: Path) -> list[str]:

@@ -130,7 +130,7 @@ def bench_command(
     layers: Optional[str] = typer.Option(None, "--layers", help="keep the first k layers (torch); comma list with 'all'"),
     repeats: int = typer.Option(3, "--repeats", "-r", help="timed repeats per run"),
     warmup: int = typer.Option(1, "--warmup", help="untimed warm-up runs after loading"),
-    impl: str = typer.Option("auto", "--impl", help="torch path: lean, hf or auto"),
+    impl: str = typer.Option("auto", "--impl", help="torch path: native, lean, hf or auto"),
     reference: str = typer.Option("auto", "--reference", help="catalogue roof for Φ: a device id, 'auto' (each node's own catalogue entry) or 'none'"),
     memory_limit: Optional[float] = typer.Option(None, "--memory-limit", help="refuse runs predicted to need more (GiB; default: memory available on the node)"),
     kv: Optional[str] = typer.Option(None, "--kv", help="torch: KV-cache formats, comma list"),

@@ -145,7 +145,7 @@ def bench(
     layers: Optional[str] = typer.Option(None, "--layers", help="keep the first k layers (torch); comma list with 'all' for a depth sweep"),
     repeats: int = typer.Option(3, "--repeats", "-r", help="timed repeats per run"),
     warmup: int = typer.Option(1, "--warmup", help="untimed warm-up runs after loading"),
-    impl: str = typer.Option("auto", "--impl", help="torch path: lean (static cache, fused projections), hf (transformers forward), auto"),
+    impl: str = typer.Option("auto", "--impl", help="torch path: native (ridgeline.kernels, one C++ call per step), lean (static-cache torch), hf (transformers forward), auto (native, else lean, else hf; the reason is in the record)"),
     device: str = typer.Option("local", "--device", "-d", help="measured roof: 'local' (from `ridgeline probe`) or any device"),
     reference: str = typer.Option("auto", "--reference", help="catalogue roof for Φ: a device id, 'auto' (this host's entry) or 'none'"),
     memory_limit: Optional[float] = typer.Option(None, "--memory-limit", help="refuse runs predicted to need more (GiB; default: memory available)"),

@@ -23,8 +23,8 @@ def progress(description: str) -> Iterator[Callable[[str, int, int], None]]:
     """A rich progress bar on stderr; yields the (what, done, total) callback library code reports to.
 
     Piped or captured stderr gets plain lines instead of a live bar (a bar would leave blank lines around a
-    one-line error): one when the step changes, at most every `PLAIN_PROGRESS_EVERY` seconds otherwise, and a
-    heartbeat line when a step runs longer than `HEARTBEAT_EVERY` seconds without reporting."""
+    one-line error): one when the step changes (at most one a second), one every `PLAIN_PROGRESS_EVERY` seconds
+    otherwise, and a heartbeat line when a step runs longer than `HEARTBEAT_EVERY` seconds without reporting."""
     if not err_console.is_terminal:
         with PlainProgress(description) as report:
             yield report
@@ -64,9 +64,11 @@ class PlainProgress:
         """Print a line if the step changed or enough time has passed."""
         with self.lock:
             now = time.perf_counter() - self.start
-            changed = self.state is None or self.state[0] != what
+            first, changed = self.state is None, self.state is not None and self.state[0] != what
             self.state = (what, done, total)
-            if changed or now - self.last_t >= PLAIN_PROGRESS_EVERY:
+            # a new step gets a line unless one was printed within the last second (many short steps: one
+            # line a second); otherwise a line every PLAIN_PROGRESS_EVERY seconds
+            if first or (changed and now - self.last_t >= 1.0) or now - self.last_t >= PLAIN_PROGRESS_EVERY:
                 self._line(now, "")
 
     def _beat(self) -> None:

@@ -95,7 +95,7 @@ class PackedLinear:
         raw = (data.detach().contiguous().view(torch.uint8).reshape(-1) if isinstance(data, torch.Tensor)
                else torch.frombuffer(bytearray(data), dtype=torch.uint8))
         n, k = (int(s) for s in shape)
-        from ridgeline.specs.formats import get_format
+        from ridgeline.specs import get_format
 
         expected = get_format(fmt).tensor_bytes((n, k))
         if raw.numel() != expected:

@@ -128,7 +128,7 @@ def _head_module(model: PreTrainedModel, head_format: str | None) -> PackedLinea
     fmt = native_format(head_format)
     if fmt not in BLOCK_FORMATS:
         raise RidgelineError(f"head_format must be f32, bf16 or a block format ({', '.join(BLOCK_FORMATS)})")
-    from ridgeline.quant.codec import encode  # function level: only when asked to quantize the head here
+    from ridgeline.quant import encode  # function level: only when asked to quantize the head here
 
     w = head.weight.detach().float()
     return PackedLinear.from_blocks(encode(w, fmt), fmt, tuple(w.shape))

@@ -124,6 +124,39 @@ class LeanRunner:
         return int(self.lean.length)
 
 
+class NativeRunner:
+    """ridgeline's native kernels (`ridgeline.kernels.NativeCausalLM`): every layer of a step in one C++ call,
+    weights as stored (float, or the packed blocks of a quantized model), on the native thread pool."""
+
+    def __init__(self, model: Any, max_len: int) -> None:
+        from ridgeline.kernels import NativeCausalLM, info
+
+        self.native = NativeCausalLM.from_hf(model, max_len)
+        formats = ", ".join(sorted(self.native.formats))
+        self.impl = f"ridgeline native {info().path} · {formats}"
+        self.model = model  # reran with hooks when the logits are not finite
+
+    def prefill(self, prompt: Sequence[int]) -> int:
+        """Reset the cache and prefill (chunks of up to 16 tokens through the small-M kernels)."""
+        import torch
+
+        from ridgeline.kernels import set_num_threads
+
+        set_num_threads(torch.get_num_threads())  # the run's threads (a no-op when unchanged)
+        self.native.reset()
+        self.last = self.native.prefill(torch.tensor([list(prompt)]))
+        return int(self.last.argmax())
+
+    def decode(self, token: int) -> int:
+        """One native decode step."""
+        self.last = self.native.decode(token)
+        return int(self.last.argmax())
+
+    def cached(self) -> int:
+        """Tokens in the native KV cache."""
+        return int(self.native.length)
+
+
 class LlamaCppRunner:
     """llama.cpp through llama-cpp-python on a GGUF file; greedy argmax over the last logits."""
 

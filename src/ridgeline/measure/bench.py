@@ -29,7 +29,7 @@ from ridgeline.measure.stats import Stat, machine_info, summarize
 from ridgeline.specs import ModelRef, ModelSpec, Precision, Scenario, load_spec
 
 BACKENDS = ("torch", "llamacpp")
-IMPLS = ("auto", "lean", "hf")
+IMPLS = ("auto", "native", "lean", "hf")
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 #: drafters a speculative run can use: Medusa heads (medusa:DIR), prompt lookup (prompt-lookup[:N]) and a draft
 #: model (draft:N for the base's first N layers, draft:MODEL for another model with the same vocabulary)
@@ -110,7 +110,7 @@ class BenchConfig:
     repeats: int = 3
     warmup: int = 1
     layers: int | None = None
-    impl: str = "auto"  # torch only: lean (ridgeline's static-cache path), hf (transformers forward), auto
+    impl: str = "auto"  # torch only: native (ridgeline.kernels), lean (static-cache torch), hf (transformers), auto
     memory_limit: float | None = None  # bytes; refuse before loading above it (default: memory available)
     variant: Variant = field(default_factory=Variant)  # torch: KV format, sliding window, K/V heads
     spec: SpecSetting | None = None  # torch: speculative decoding (Medusa, prompt lookup, a draft model)
@@ -139,9 +139,9 @@ class BenchConfig:
         if self.variant.transformed:
             if self.backend != "torch":
                 raise RidgelineError("--kv, --window and --kv-heads transform the torch model; llama.cpp runs the GGUF")
-            if self.impl == "lean":
-                raise RidgelineError("the lean decode path has a static float cache; --kv, --window and --kv-heads "
-                                     "run on --impl hf (or auto)")
+            if self.impl in ("native", "lean"):
+                raise RidgelineError(f"the {self.impl} decode path has a static float cache; --kv, --window and "
+                                     "--kv-heads run on --impl hf (or auto)")
             self.variant.check(self.dtype)
         if self.spec is not None and (self.backend != "torch" or self.variant.transformed):
             raise RidgelineError("--spec runs on the torch backend with the model's own cache (no --kv, --window, "
@@ -216,6 +216,7 @@ class BenchRecord:
     spec: ModelSpec | None = field(default=None, compare=False)  # the model that ran, parsed once (not saved)
     contention: Contention = field(default_factory=Contention)  # how busy the machine was while timing
     speculative: dict | None = None  # the speculative runner's own account: drafter, tree, cost curve, heads
+    fallback: str | None = None  # torch auto: why faster paths were passed over ("native: ...; lean: ...")
 
     @property
     def ttft(self) -> Stat:
@@ -254,6 +255,7 @@ class BenchRecord:
         """The record: parameters, what ran, machine, samples and summaries."""
         return {
             "kind": "ridgeline.bench", "params": self.config.to_json(), "impl": self.impl, "threads": self.threads,
+            **({"impl_fallback": self.fallback} if self.fallback else {}),
             "model": {"name": self.model_name, "source": self.model_source, "gguf": self.gguf},
             "load_s": self.load_s, "warmup_s": self.warmup_s, "machine": self.machine,
             "summary": {"ttft_s": self.ttft.to_json(), "prefill_tokens_per_s": self.prefill_tokens_per_s.to_json(),
@@ -425,7 +427,7 @@ def load_runner(cfg: BenchConfig, max_len: int, spec: ModelSpec | None = None) -
 
 def _load_torch(cfg: BenchConfig, max_len: int, t0: float) -> Loaded:
     from ridgeline.loader import load_model
-    from ridgeline.measure.backends import HFRunner, LeanRunner
+    from ridgeline.measure.backends import HFRunner, LeanRunner, NativeRunner
     from ridgeline.quant import bench_info
 
     model, tok = load_model(cfg.model, cfg.dtype, layers=cfg.layers)
@@ -434,19 +436,23 @@ def _load_torch(cfg: BenchConfig, max_len: int, t0: float) -> Loaded:
     if limit is not None and max_len - 1 > limit:
         raise RidgelineError(f"{cfg.scenario.label} needs {max_len - 1} positions; the model's context limit "
                              f"(max_position_embeddings) is {limit}")
-    runner = None
-    if cfg.impl in ("auto", "lean") and not cfg.variant.transformed:
-        try:
-            runner = LeanRunner(model, max_len)
-        except RidgelineError:
-            if cfg.impl == "lean":
-                raise
+    runner, fallback = None, []
+    # auto: the native kernels, else the lean torch path, else transformers; why each was passed over is recorded
+    for impl, make in (("native", NativeRunner), ("lean", LeanRunner)):
+        if runner is None and cfg.impl in ("auto", impl) and not cfg.variant.transformed:
+            try:
+                runner = make(model, max_len)
+            except RidgelineError as exc:
+                if cfg.impl == impl:
+                    raise
+                fallback.append(f"{impl}: {exc}")
     src = model.ridgeline_source
     model_config = model.config.to_dict()
     quant = bench_info(model)
     if quant:
         model_config["ridgeline_quant"] = quant
     runner = runner or HFRunner(model, cfg.variant.kv, rolling=cfg.variant.window is not None)
+    runner.fallback = "; ".join(fallback) or None
     return Loaded(runner, lambda text: tok(text, add_special_tokens=False).input_ids, src.name, src.location,
                   str(src.gguf) if src.gguf else None, model_config, time.perf_counter() - t0, lambda: None, max_len,
                   model=model, tokenizer=tok)
@@ -513,4 +519,5 @@ def run_bench(cfg: BenchConfig, loaded: Loaded | None = None, progress: Progress
         progress("done", total, total)
     return BenchRecord(cfg, runner.impl, threads, loaded.name, loaded.location, loaded.gguf,
                        loaded.load_s, warmup_s, tuple(samples), machine_info(), loaded.model_config, loaded.spec,
-                       watch.result, getattr(runner, "info", None) if cfg.spec is not None else None)
+                       watch.result, getattr(runner, "info", None) if cfg.spec is not None else None,
+                       getattr(loaded.runner, "fallback", None))
