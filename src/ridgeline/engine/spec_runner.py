@@ -120,8 +120,13 @@ def first_layers(model: Any, n: int) -> Any:
 
 
 def _verifier(loaded: Any) -> Any:
-    """The verifier on the loaded path: the bench's lean model, else transformers' forward."""
+    """The verifier on the loaded path: the bench's lean model, a lean model beside the native one (the native
+    model returns no hidden states yet), else transformers' forward."""
     lean = getattr(loaded.runner, "lean", None)
+    if lean is None and hasattr(loaded.runner, "native"):
+        from ridgeline.measure import LeanCausalLM
+
+        lean = LeanCausalLM.from_hf(loaded.model, loaded.max_len)
     return lean if lean is not None else HFVerifier(loaded.model, loaded.max_len)
 
 

@@ -55,6 +55,12 @@ class BenchGrid:
                 raise RidgelineError(f"{' and '.join(swept)} transform the torch model; llama.cpp runs the GGUF as "
                                      "stored, so add --backend torch or drop them")
             note(f"{' and '.join(swept)} apply to the torch runs; llama.cpp runs the whole GGUF as stored, once")
+        impl = self.impl
+        if impl == "auto" and any(s is not None for s in self.specs):
+            # a speculative run and its plain baseline share one load, so both run where verification does
+            impl = "lean"
+            note("--spec: every torch run of the grid takes the lean path (the native model does not return the "
+                 "hidden states Medusa heads draft from yet), so plain and speculative decoding compare on one path")
         groups = []
         for backend in self.backends:
             torch = backend == "torch"
@@ -63,7 +69,7 @@ class BenchGrid:
                     for k in (self.layers if torch else [None]):
                         for v in (self.variants if torch else [Variant()]):
                             groups.append([BenchConfig(self.model, backend, sc, dtype, threads=t, repeats=self.repeats,
-                                                       warmup=self.warmup, layers=k, impl=self.impl,
+                                                       warmup=self.warmup, layers=k, impl=impl,
                                                        memory_limit=self.memory_limit, variant=v, spec=spec)
                                            for sc in self.scenarios for spec in (self.specs if torch else [None])])
         return groups
