@@ -20,12 +20,23 @@ from ridgeline.cli.measure import render_bench, run_bench_grid, run_probe
 from ridgeline.cli.serve import serve_plot
 from ridgeline.errors import RidgelineError
 
-#: the demo's reduced RooflineBench grid: short in/short out, longer in, longer out (few minutes on 2 cores)
-DEMO_GRID = ("128:64", "512:64", "128:256")
+#: the default demo (a reduced RooflineBench grid, about 5 minutes on 2 idle cores) and `--full` (about 12)
+SIZES = {False: {"grid": "128:32,512:32,128:96", "repeats": 2, "depths": "2,16,all", "max_tokens": 1024,
+                 "cloze_items": 16, "bf16_cloze": False},
+         True: {"grid": "128:64,512:64,128:256", "repeats": 3, "depths": "2,8,16,all", "max_tokens": 4096,
+                "cloze_items": 50, "bf16_cloze": True}}
 #: what the demo writes into its results folder (each file replaced alone; nothing else there is touched)
 DEMO_FILES = ("report.html", "bench.json", "bench.csv", "quality.json", "serve.json", "probe.json", "analyze.json",
               *(f"{stem}{ext}" for stem in ("roofline", "roofline_analytic", "serve_roofline", "depth_layers",
                                             "threads_threads") for ext in (".png", ".svg")))
+
+
+def _sizes(full: bool, scenarios: Optional[str], repeats: Optional[int], depths: Optional[str]) -> tuple[dict, list]:
+    """The demo's sizes (default or --full, options given override them) and its scenario grid."""
+    from ridgeline.specs import parse_scenario
+
+    size = {**SIZES[full], **{k: v for k, v in (("repeats", repeats), ("depths", depths)) if v is not None}}
+    return size, [parse_scenario(x) for x in csv_list(scenarios or size["grid"], "--scenarios")]
 
 
 def _check_out(out: Path) -> None:
@@ -102,8 +113,9 @@ def _quantize(grid, repeats: int, folder: Path) -> tuple[list[dict], list[str]]:
     return results, list(variants)
 
 
-def _quality(folder: Path, names: list[str]) -> list[dict]:
-    """Held-out perplexity and cloze of fp32, bf16 and the quantized folders; perplexity through KV formats."""
+def _quality(folder: Path, names: list[str], max_tokens: int, cloze_items: int, bf16_cloze: bool) -> list[dict]:
+    """Held-out perplexity and cloze of fp32, bf16 (its cloze only with `bf16_cloze`: slow on CPUs without bf16
+    matmul) and the quantized folders; perplexity through KV formats."""
     from ridgeline.arch import Variant
     from ridgeline.eval import EvalConfig, run_eval
     from ridgeline.report import quality_rows, quality_table
@@ -114,8 +126,10 @@ def _quality(folder: Path, names: list[str]) -> list[dict]:
     quality = []
     with progress("eval") as report:
         for model, dtype, name, variant in evals:
-            cfg = EvalConfig(model, ("ppl",) if variant.kv else ("ppl", "cloze"), dtype=dtype, name=name, context=512,
-                             stride=256, max_tokens=4096, cloze_items=50, batch_size=4, variant=variant)
+            ppl_only = variant.kv or (dtype == "bf16" and not name and not bf16_cloze)
+            cfg = EvalConfig(model, ("ppl",) if ppl_only else ("ppl", "cloze"), dtype=dtype, name=name, context=512,
+                             stride=256, max_tokens=max_tokens, cloze_items=cloze_items, batch_size=4,
+                             variant=variant)
             quality.append(run_eval(cfg, progress=lambda what, i, n, v=cfg.label: report(f"{v} {what}", i, n)))
     console.print(quality_table(quality_rows(quality)))
     return quality
@@ -176,25 +190,30 @@ def _write(out: Path, title: str, probe, predictions, main, depth, thread, quali
 @command
 def demo(
     out: Path = typer.Option(Path("results/demo"), "--out", "-o", help="results folder"),
-    scenarios: str = typer.Option(",".join(DEMO_GRID), "--scenarios", help="the grid (P:N comma list)"),
-    repeats: int = typer.Option(3, "--repeats", "-r", help="timed repeats per run"),
-    depths: str = typer.Option("2,8,16,all", "--depths", help="depth sweep (first k layers, torch bf16)"),
+    full: bool = typer.Option(False, "--full", help=f"the larger demo (about 12 minutes on 2 cores): grid "
+                              f"{SIZES[True]['grid']}, 3 repeats, depths 2,8,16,all, 4096 perplexity tokens, 50 cloze "
+                              "items"),
+    scenarios: Optional[str] = typer.Option(None, "--scenarios", help=f"the grid (P:N comma list; default "
+                                            f"{SIZES[False]['grid']})"),
+    repeats: Optional[int] = typer.Option(None, "--repeats", "-r", help="timed repeats per run (default 2)"),
+    depths: Optional[str] = typer.Option(None, "--depths", help="depth sweep (first k layers, torch bf16; default "
+                                         "2,16,all)"),
     thread_list: Optional[str] = typer.Option(None, "--threads", help="thread sweep (default: 1 and torch's default)"),
     llamacpp: bool = typer.Option(True, "--llamacpp/--no-llamacpp", help="include the llama.cpp backend"),
 ) -> None:
     """The main job on the bundled model: probe → analyze → bench (torch fp32/bf16, llama.cpp) → int8/int4 quantization
-    → quality (KV formats too) → serving (paged KV, continuous batching) → HTML."""
+    → quality (KV formats too) → serving (paged KV, continuous batching) → HTML; about 5 minutes on 2 cores."""
     import torch
 
     from ridgeline.measure import llama_cpp_available
     from ridgeline.report import probe_table
-    from ridgeline.specs import bundled_gguf, load_spec, parse_scenario
+    from ridgeline.specs import bundled_gguf, load_spec
 
     _check_out(out)
-    grid = [parse_scenario(x) for x in csv_list(scenarios, "--scenarios")]
-    gguf = bundled_gguf()
+    size, grid = _sizes(full, scenarios, repeats, depths)
+    repeats, depths = size["repeats"], size["depths"]
+    gguf, default = bundled_gguf(), torch.get_num_threads()  # default: the threads runs without --threads use
     spec = load_spec(gguf)
-    default = torch.get_num_threads()  # what runs without --threads use
     threads = int_list(thread_list, "--threads") if thread_list else sorted({1, default})
     if llamacpp and not llama_cpp_available():
         note("llama-cpp-python is not installed (pip install 'ridgeline[llamacpp]'); skipping the llama.cpp backend")
@@ -216,17 +235,16 @@ def demo(
     try:
         quantized, names = _quantize(grid, repeats, folder)
         console.rule("5. quality: held-out perplexity and cloze per variant")
-        quality = _quality(folder, names)
+        quality = _quality(folder, names, size["max_tokens"], size["cloze_items"], size["bf16_cloze"])
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     console.rule("6. serve: 8 requests (Poisson arrivals) through the paged-KV continuous-batching engine")
     _, serve_plots = _serve(out)
     console.rule("7. results")
-    plots = [(analytic_plot[1], "Analytic roofline, every operator of the bf16 run")]
-    plots += [(p, "Serving: the engine's decode-only steps by batch size (measured) beside analyze --batch B")
-              for p in serve_plots if p.suffix == ".svg"]
+    plots = [(analytic_plot[1], "Analytic roofline, every operator of the bf16 run")] + [
+        (p, "Serving: the engine's decode-only steps by batch size (measured) beside analyze --batch B")
+        for p in serve_plots if p.suffix == ".svg"]
     _write(out, f"ridgeline demo: {spec.name} on {local.name}", probe, predictions, main + quantized, depth, thread,
            quality, plots)
-    console.print(f"results in {out}/: report.html, bench.json, bench.csv, quality.json, serve.json, probe.json, "
-                  "analyze.json, roofline*.png/.svg, serve_roofline.png/.svg, depth_layers.png/.svg, "
-                  "threads_threads.png/.svg", highlight=False, markup=False)
+    console.print(f"results in {out}/: {', '.join(n for n in DEMO_FILES if not n.endswith('.png'))} (and .png "
+                  "copies of the figures)", highlight=False, markup=False)
