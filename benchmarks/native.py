@@ -11,8 +11,9 @@ model per format against the lean torch path on the same modules (torch kernels 
 emulated: dequantized weights) and llama.cpp on a GGUF `export_gguf` writes from the same weights.
 Φ = bytes streamed per token (weights + KV read) x tok/s / the read bandwidth probed before the runs.
 Also recorded: the thread pool's fixed costs, the load average before and after, the machine.
-Run (2 threads, under the timing lock): flock /tmp/ridgeline-timing.lock .venv/bin/python benchmarks/kernels.py
-Writes benchmarks/results/kernels.json.
+Run (2 threads, under the timing lock): flock /tmp/ridgeline-timing.lock .venv/bin/python benchmarks/native.py
+Writes benchmarks/results/native.json (named native, not kernels: with benchmarks/ on sys.path a
+kernels.py would shadow the `kernels` package transformers probes for).
 """
 
 from __future__ import annotations
@@ -159,11 +160,11 @@ def _model_variants(fmt: str):
         # the tied head in the type llama.cpp's recipe gives it (the emulation stores it dequantized)
         head = model.ridgeline_quant["float_tensors"]["token_embd.weight"].split()[0]
         return model, tok, {"head_format": head}, fmt
-    if fmt == "int8":
-        quant.quantize_(model, quant.RTNConfig(bits=8, include_lm_head=True))
-        return model.to(torch.float32), tok, {}, None
-    quant.quantize_(model, quant.RTNConfig(bits=4, group=128, include_lm_head=True))
-    return model, tok, {}, None
+    # RTN codes from the fp32 weights; the rest of the model (and torch's int8/int4 kernels' scales) in bf16, the
+    # activations torch's _weight_int8pack_mm / _weight_int4pack_mm_for_cpu take
+    bits = {"int8": {"bits": 8}, "int4": {"bits": 4, "group": 128}}[fmt]
+    quant.quantize_(model, quant.RTNConfig(**bits, include_lm_head=True))
+    return model.to(torch.bfloat16), tok, {}, None
 
 
 class _NativeRunner:
@@ -184,7 +185,7 @@ class _NativeRunner:
 
 
 def _gguf_path(fmt: str, model, tok, cache: Path) -> Path:
-    from ridgeline.loader import bundled_gguf
+    from ridgeline.specs import bundled_gguf
     from ridgeline.quant import export_gguf
 
     out = cache / f"smollm2-135m-{fmt}.gguf"
@@ -286,7 +287,7 @@ def main() -> None:
                   "GB/s counts the bytes each kernel streams; the native layout adds padding/scales as recorded",
                   "lean torch on ggml formats runs emulated (dequantized fp32 weights): labelled by its modules"],
     }
-    out = write_json(Path(__file__).parent / "results" / "kernels.json", record)
+    out = write_json(Path(__file__).parent / "results" / "native.json", record)
     print(f"-> {out}")
 
 
