@@ -1,8 +1,8 @@
 """`ridgeline demo`: the main job on the bundled model, step by step, into one results folder.
 
-probe → analyze → bench (torch fp32/bf16, llama.cpp; depth and thread sweeps) → int8/int4 quantization →
-quality (KV formats too) → serving (paged KV, continuous batching) → report.html. Each step is a function
-that calls the library and renders its part; the command strings them together.
+probe → analyze (and simulated accelerators) → bench (torch fp32/bf16, llama.cpp; depth and thread sweeps) →
+int8/int4 quantization → quality (KV formats too) → serving (paged KV, continuous batching) → report.html. Each
+step is a function that calls the library and renders its part; the command strings them together.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import typer
 from ridgeline.cli.common import app, command, console, csv_list, finite, int_list, layer_list, note, writing
 from ridgeline.cli.progress import progress
 from ridgeline.cli.measure import render_bench, run_bench_grid, run_probe
-from ridgeline.cli.serve import serve_plot
+from ridgeline.cli.serve import demo_serve
 from ridgeline.errors import RidgelineError
 
 #: the default demo (a reduced RooflineBench grid, about 5 minutes on 2 idle cores) and `--full` (about 12)
@@ -52,10 +52,11 @@ def _check_out(out: Path) -> None:
 
 
 def _analyze(spec, grid, probe, local, out: Path):
-    """Predictions of fp32, bf16 and the GGUF as stored on the probed roof; probe.json and analyze.json."""
+    """Predictions of fp32, bf16 and the GGUF as stored on the probed roof, and the bundled accelerator designs at
+    the longest prompt (simulated: `ridgeline accel`); probe.json and analyze.json."""
+    from ridgeline.accel import run
     from ridgeline.io import write_json
-    from ridgeline.report import device_roofs, plot_roofline, prediction_points
-    from ridgeline.report import summary_table
+    from ridgeline.report import accel_compare_table, device_roofs, plot_roofline, prediction_points, summary_table
     from ridgeline.roofline import predict, prediction_json
     from ridgeline.specs import Precision
 
@@ -64,10 +65,13 @@ def _analyze(spec, grid, probe, local, out: Path):
     predictions = [predict(spec, local, sc, precision=p) for p in precisions for sc in grid]
     bf16 = predictions[len(grid)]  # bf16 at the first scenario
     console.print(summary_table(bf16))
+    accel = run(spec, max(grid, key=lambda sc: sc.prompt))
+    console.print(accel_compare_table(accel))
     with writing(out):
         write_json(out / "probe.json", finite({"device": local.to_json(), "probe": probe.to_json()}))
         write_json(out / "analyze.json", finite({"predictions": [prediction_json(p, per_operator=True)
-                                                                 for p in predictions]}))
+                                                                 for p in predictions],
+                                                 "accelerators": accel.comparisons}))
         plot = plot_roofline(device_roofs(bf16, ("fp32", "int8")), prediction_points(bf16, True),
                              out / "roofline_analytic",
                              title=f"{spec.name} · {grid[0].label} · bf16 on {local.name} (analytic)")
@@ -133,28 +137,6 @@ def _quality(folder: Path, names: list[str], max_tokens: int, cloze_items: int, 
             quality.append(run_eval(cfg, progress=lambda what, i, n, v=cfg.label: report(f"{v} {what}", i, n)))
     console.print(quality_table(quality_rows(quality)))
     return quality
-
-
-def _serve(out: Path) -> tuple[dict, list[Path]]:
-    """8 Poisson-arriving requests through the engine, decode steps placed on the local roof; serve.json."""
-    from ridgeline.engine import serve_trace, synthetic_trace
-    from ridgeline.io import write_json
-    from ridgeline.report import serve_tables
-    from ridgeline.specs import get_device
-
-    trace = synthetic_trace(8, 1.0, (32, 256), (16, 48), seed=0)
-    local = get_device("local")
-    info = {"synthetic": 8, "rate": 1.0, "prompt_len": [32, 256], "output_len": [16, 48], "seed": 0}
-    with progress("serving") as report:
-        run = serve_trace("smollm2-135m", trace, device=local, trace_info=info,
-                          progress=lambda d, t: report("finished", d, t))
-    if run.result.interrupted:  # Ctrl-C while serving: stop the demo, write no partial serve.json
-        raise KeyboardInterrupt
-    for t in serve_tables(run.record):
-        console.print(t)
-    with writing(out):
-        write_json(out / "serve.json", finite(run.record))
-    return run.record, serve_plot(run.placed or [], local, "fp32", out / "serve_roofline", "smollm2-135m")
 
 
 def _write(out: Path, title: str, probe, predictions, main, depth, thread, quality, plots) -> None:
@@ -226,7 +208,7 @@ def demo(
         run_probe(t, 256, 5, save=True)
     probe, local, _ = run_probe(default, 256, 5, save=True)  # the default roof, saved as `local`
     console.print(probe_table(probe))
-    console.rule("2. analyze: the analytic roofline on the probed roofs")
+    console.rule("2. analyze: the analytic roofline on the probed roofs; simulated accelerators")
     predictions, analytic_plot = _analyze(spec, grid, probe, local, out)
     console.rule("3. bench: measured runs (load and warm-up excluded)")
     main, depth, thread = _bench(grid, repeats, depths, threads, ["torch"] + (["llamacpp"] if llamacpp else []))
@@ -239,7 +221,7 @@ def demo(
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     console.rule("6. serve: 8 requests (Poisson arrivals) through the paged-KV continuous-batching engine")
-    _, serve_plots = _serve(out)
+    _, serve_plots = demo_serve(out)
     console.rule("7. results")
     plots = [(analytic_plot[1], "Analytic roofline, every operator of the bf16 run")] + [
         (p, "Serving: the engine's decode-only steps by batch size (measured) beside analyze --batch B")

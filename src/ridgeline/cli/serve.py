@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 
 from ridgeline.cli.common import (DEVICE_FILE, app, check_outputs, command, console, device_files, dumps, err_console,
-                                  say, token_range, write_record, writing)
+                                  finite, say, token_range, write_record, writing)
 from ridgeline.cli.progress import progress
 from ridgeline.errors import RidgelineError
 
@@ -98,3 +98,26 @@ def serve_bench(
     if plot_stem is not None:
         for p in serve_plot(run.placed or [], dev, dtype, plot_stem, model):
             say(f"wrote {p}", stderr=as_json)
+
+
+def demo_serve(out: Path) -> tuple[dict, list[Path]]:
+    """The demo's serving step: 8 Poisson-arriving requests through the engine, decode steps placed on the local
+    roof; serve.json in `out`."""
+    from ridgeline.engine import serve_trace, synthetic_trace
+    from ridgeline.io import write_json
+    from ridgeline.report import serve_tables
+    from ridgeline.specs import get_device
+
+    trace = synthetic_trace(8, 1.0, (32, 256), (16, 48), seed=0)
+    local = get_device("local")
+    info = {"synthetic": 8, "rate": 1.0, "prompt_len": [32, 256], "output_len": [16, 48], "seed": 0}
+    with progress("serving") as report:
+        run = serve_trace("smollm2-135m", trace, device=local, trace_info=info,
+                          progress=lambda d, t: report("finished", d, t))
+    if run.result.interrupted:  # Ctrl-C while serving: stop the demo, write no partial serve.json
+        raise KeyboardInterrupt
+    for t in serve_tables(run.record):
+        console.print(t)
+    with writing(out):
+        write_json(out / "serve.json", finite(run.record))
+    return run.record, serve_plot(run.placed or [], local, "fp32", out / "serve_roofline", "smollm2-135m")
