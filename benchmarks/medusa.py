@@ -255,7 +255,7 @@ def roofline(k: int, accepted: float, heads: int, dtype: str) -> dict:
     from ridgeline.specs import Speculation, catalogue, host_device
 
     spec = Speculation(k, min(float(k), accepted), heads)
-    devices = {d.id: d for d in catalogue()}
+    devices = dict(catalogue())  # id -> DeviceSpec
     out: dict[str, Any] = {"speculation": spec.to_json(), "devices": {}}
     for role, dev in (("host_catalogue", host_device(cpu_model(), os.cpu_count())), ("probe", _probe())):
         if dev is not None:
