@@ -11,6 +11,9 @@ Rules every write follows:
   else is refused, so files a user put anywhere are never deleted.
 - **Checked before work starts.** Commands call `check_output` on every output path before loading a model.
 - **Normal permissions.** Results get the permissions of any new file under the user's umask.
+
+Long loops that checkpoint (training, compression) stop between steps on Ctrl-C through `deferred_sigint`, so a
+checkpoint is never cut in half.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ridgeline.errors import RidgelineError
 
@@ -313,3 +318,23 @@ def _default(o: Any) -> Any:
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+@contextlib.contextmanager
+def deferred_sigint() -> Iterator[Callable[[], bool]]:
+    """Turn the first Ctrl-C into a flag checked between steps (main thread only); restore the handler after."""
+    hit = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield hit.is_set
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        hit.set()
+        signal.signal(signal.SIGINT, previous)  # a second Ctrl-C behaves as usual
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield hit.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -12,15 +12,12 @@ Optimizer state goes to safetensors (tensors per parameter index) plus its JSON 
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import torch
 
 from ridgeline.errors import RidgelineError
+from ridgeline.io import deferred_sigint
 
 Progress = Callable[[str, int, int], None]
 
@@ -28,26 +25,6 @@ Progress = Callable[[str, int, int], None]
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The random generator of one step: the same (seed, step) gives the same draws, resumed or not."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step) % (2 ** 63))
-
-
-@contextlib.contextmanager
-def deferred_sigint() -> Iterator[Callable[[], bool]]:
-    """Turn the first Ctrl-C into a flag checked between steps (main thread only); restore the handler after."""
-    hit = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield hit.is_set
-        return
-    previous = signal.getsignal(signal.SIGINT)
-
-    def handler(signum: int, frame: Any) -> None:
-        hit.set()
-        signal.signal(signal.SIGINT, previous)  # a second Ctrl-C behaves as usual
-
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield hit.is_set
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def run_steps(step: Callable[[int], dict], start: int, total: int, checkpoint: Callable[[int], None], every: int,

@@ -16,21 +16,18 @@ re-raised for the caller (the pipeline) to stop.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import signal
-import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 import torch
 from torch import nn
 
 from ridgeline.errors import RidgelineError
-from ridgeline.io import atomic_folder
+from ridgeline.io import atomic_folder, deferred_sigint
 from ridgeline.train.kd import KDLossConfig, TopK, bucket_kl, kd_loss
 from ridgeline.train.kd_data import KDData, batch_order
 from ridgeline.train.lora import LoRAConfig, add_lora
@@ -101,26 +98,6 @@ class KDTrainResult:
                 "last_loss": self.losses[-1] if self.losses else None, "losses": list(self.losses),
                 "tokens_seen": self.tokens_seen, "seconds": self.seconds, "resumed_from": self.resumed_from,
                 "trainable_params": self.trainable, "total_params": self.total, "optimizer_split": self.split}
-
-
-@contextlib.contextmanager
-def _sigint_flag() -> Iterator[Callable[[], bool]]:
-    """The first Ctrl-C becomes a flag checked between steps (main thread only); a second one interrupts at once."""
-    hit = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield hit.is_set
-        return
-    previous = signal.getsignal(signal.SIGINT)
-
-    def handler(signum: int, frame: Any) -> None:
-        hit.set()
-        signal.signal(signal.SIGINT, previous)
-
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield hit.is_set
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def prepare_student(student: nn.Module, config: KDTrainConfig) -> tuple[nn.Module, list[tuple[str, nn.Parameter]]]:
@@ -223,7 +200,7 @@ def train_kd(student: nn.Module, data: KDData, config: KDTrainConfig, state_dir:
     step = start
     model.train()
     try:
-        with _sigint_flag() as stop:
+        with deferred_sigint() as stop:
             for step in range(start, config.steps):
                 if stop():
                     raise KeyboardInterrupt

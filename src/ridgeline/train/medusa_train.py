@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 
 from ridgeline.errors import RidgelineError
-from ridgeline.io import atomic_folder
+from ridgeline.io import atomic_folder, deferred_sigint
 from ridgeline.engine import (MedusaHeads, base_info, check_structure, coverage, frequent_tokens, load_heads, rank_accuracy,
                               save_heads)
 from ridgeline.train.medusa_data import IGNORE, DistillData, corpus_stream, distill_data
-from ridgeline.train.uptrain import OPTIMIZERS, SCHEDULES, deferred_sigint, lr_factor
+from ridgeline.train.uptrain import OPTIMIZERS, SCHEDULES, lr_factor
 
 Progress = Callable[[str, int, int], None]
 CHECKPOINT_STATE, CHECKPOINT_DATA, CHECKPOINT_META = "state.safetensors", "data.safetensors", "state.json"

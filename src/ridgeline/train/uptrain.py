@@ -15,19 +15,17 @@ last completed optimizer step, never half-updated. A second Ctrl-C interrupts at
 
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
-import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ridgeline.errors import RidgelineError, Terminated
+from ridgeline.io import deferred_sigint
 
 OPTIMIZERS = ("adamw", "muon")
 TRAINABLE = ("all", "attention", "kv")
@@ -136,26 +134,6 @@ def lm_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy of `batch` [B, T+1] (inputs: first T tokens, targets: last T)."""
     logits = model(input_ids=batch[:, :-1], use_cache=False).logits
     return F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
-
-
-@contextlib.contextmanager
-def deferred_sigint() -> Iterator[Callable[[], bool]]:
-    """Turn the first Ctrl-C into a flag checked between steps (main thread only); restore the handler after."""
-    hit = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield hit.is_set
-        return
-    previous = signal.getsignal(signal.SIGINT)
-
-    def handler(signum: int, frame: Any) -> None:
-        hit.set()
-        signal.signal(signal.SIGINT, previous)  # a second Ctrl-C behaves as usual
-
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield hit.is_set
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _check_stream(ids: Any, cfg: UptrainConfig, model: nn.Module) -> torch.Tensor:
