@@ -248,6 +248,15 @@ def timing(a: argparse.Namespace, model: Any, verifier: Any, medusa: Callable[[A
     return out
 
 
+def tree_record(chosen: SpecDecoder, k: int) -> dict:
+    """The chosen tree, the cost curve it was chosen from and what it expects."""
+    keep = ("tree", "tree_choice", "cost_curve", "expected_tokens_per_step", "tree_depth")
+    return {**{key: v for key, v in chosen.info.items() if key in keep}, "verify_tokens": k,
+            "note": "t(m)/t(1): verifying m tokens on this path over one plain decode step; on the lean path "
+                    "torch's fp32 GEMM with a few rows is much slower than its GEMV, which is what bounds the "
+                    "tree; a native small-M GEMM changes the curve, so the tree is re-derived on each path"}
+
+
 def roofline(k: int, accepted: float, heads: int, dtype: str) -> dict:
     """The roofline's predicted speedup of the measured speculation on this host and every catalogue device."""
     from ridgeline.measure import cpu_model
@@ -311,8 +320,18 @@ def main() -> None:
     make_verifier(a.path, model, max_len)  # refuse an unavailable path before any work
     folder, manifest = get_heads(model, tok, a)
     training = manifest.get("training", {})
+    # Each part is saved as it finishes ("complete": false until the end): a crash late in a long run keeps the rest.
+    record: dict[str, Any] = {
+        "benchmark": "medusa", "complete": False, "machine": machine_info(), "uptime_before": before,
+        "model": MODEL, "path": a.path, "dtype": "fp32", "threads": a.threads,
+        "heads": {"dir": str(folder), "heads": manifest["heads"], "layers": manifest["layers"],
+                  "tied": manifest["tied"], "training": training},
+        "settings": vars(a) | {"heads_dir": str(folder), "out": str(a.out)},
+    }
     say("held-out accuracy ...")
     accuracy = heads_accuracy(model, tok, folder, "eval", a.prompts, 32, a.tokens, seed=11)
+    record["heldout_accuracy"] = accuracy
+    write_json(a.out, record)
     heads, manifest = load_heads(folder, model)
     verifier = make_verifier(a.path, model, max_len)
     say("verify-cost curve and tree ...")
@@ -323,6 +342,8 @@ def main() -> None:
     prompts = held_out_prompts(tok, a.prompts, a.prompt_len)
     say("greedy equality fp32 ...")
     eq32 = equality(lambda: verifier, lambda v: medusa(Acceptance()), prompts, a.tokens)
+    record |= {"impl": chosen.impl, "equality_fp32": eq32, "tree": tree_record(chosen, tree.size)}
+    write_json(a.out, record)
     eq16 = None
     if a.bf16_prompts:
         say("greedy equality bf16 ...")
@@ -332,28 +353,18 @@ def main() -> None:
         eq16 = equality(lambda: v16, lambda v: medusa_decoder(v, h16, man16, curve_prefix, tree, Acceptance()),
                         prompts[:a.bf16_prompts], a.tokens)
         del m16, h16, v16
+    record["equality_bf16"] = eq16
+    write_json(a.out, record)
     say("decode timing ...")
     speed = timing(a, model, verifier, medusa, prompts[:a.timing_prompts])
     k, acc_mean = tree.size, eq32["tokens_per_step"]
     after = uptime()
-    record = {
-        "benchmark": "medusa", "machine": machine_info(), "uptime_before": before, "uptime_after": after,
-        "model": MODEL, "path": a.path, "impl": chosen.impl, "dtype": "fp32", "threads": a.threads,
-        "heads": {"dir": str(folder), "heads": manifest["heads"], "layers": manifest["layers"],
-                  "tied": manifest["tied"], "training": training},
-        "heldout_accuracy": accuracy,
-        "tree": {**{k2: v for k2, v in chosen.info.items() if k2 in ("tree", "tree_choice", "cost_curve",
-                                                                     "expected_tokens_per_step", "tree_depth")},
-                 "verify_tokens": k,
-                 "note": "t(m)/t(1): verifying m tokens on this path over one plain decode step; on the lean path "
-                         "torch's fp32 GEMM with a few rows is much slower than its GEMV, which is what bounds the "
-                         "tree; a native small-M GEMM changes the curve, so the tree is re-derived on each path"},
-        "equality_fp32": eq32, "equality_bf16": eq16,
+    record |= {
+        "uptime_after": after, "complete": True,
         "tokens_per_step": {"medusa_greedy": acc_mean, "counts_base_token": True,
                             "accepted_drafts_per_step": acc_mean - 1, "over": f"{a.prompts} held-out prompts x "
                                                                              f"{a.tokens} tokens"},
         "decode": speed, "roofline": roofline(k, acc_mean, tree.depth, "fp32"),
-        "settings": vars(a) | {"heads_dir": str(folder), "out": str(a.out)},
     }
     sp = speed["medusa_greedy"]["speedup_vs_greedy_same_path"]
     record["targets"] = {"tokens_per_step_ge_2": acc_mean >= 2.0, "speedup_ge_1_5": sp >= 1.5,
