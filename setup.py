@@ -30,7 +30,10 @@ VARIANTS: dict[str, list[str]] = {"portable": []}
 if X86:
     VARIANTS["avx2"] = ["-mavx2", "-mfma", "-mf16c"]
     VARIANTS["avx512"] = ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
-                          "-mavx512vnni", "-mavx512bf16"]
+                          "-mavx512vnni", "-mavx512bf16",
+                          # GCC 12's own avx512fintrin.h trips -Wuninitialized on its _mm512_undefined_*()
+                          # placeholders (a known false positive); without this an install prints ~1,500 lines
+                          "-Wno-uninitialized", "-Wno-maybe-uninitialized"]
     if os.environ.get("RIDGELINE_BUILD_AVX512_EMU") == "1" and Path("/usr/include/simde/x86/avx512.h").exists():
         VARIANTS["avx512emu"] = ["-mavx2", "-mfma", "-mf16c"]
 
