@@ -53,7 +53,7 @@ def rolling_logits(model, ids: torch.Tensor, prefill: int, chunk: int) -> tuple[
     with torch.no_grad():
         for s in range(0, prefill, chunk):
             e = min(s + chunk, prefill)
-            out.append(model(input_ids=ids[:, s:e], position_ids=torch.arange(s, e)[None], past_key_values=cache).logits[0])
+            out.append(model(input_ids=ids[:, s:e], position_ids=torch.arange(s, e)[None], cache=cache).logits[0])
         for i in range(prefill, ids.shape[1]):
             out.append(model(input_ids=ids[:, i:i + 1], position_ids=torch.tensor([[i]]), past_key_values=cache).logits[0])
     return torch.cat(out), cache

@@ -37,7 +37,7 @@ def random_ids(n: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
 def chunked_logits(model, ids: torch.Tensor, cache, chunk: int = 16) -> torch.Tensor:
     """Teacher-forced logits, fed through `cache` chunk by chunk (what stream_nll scores)."""
     with torch.inference_mode():
-        return torch.cat([model(input_ids=ids[:, s:s + chunk], past_key_values=cache, use_cache=True).logits
+        return torch.cat([model(input_ids=ids[:, s:s + chunk], cache=cache, use_cache=True).logits
                           for s in range(0, ids.shape[1], chunk)], dim=1)
 
 
@@ -404,7 +404,7 @@ def outlier_model() -> LlamaForCausalLM:
 def cached_keys(model, ids: torch.Tensor) -> list[torch.Tensor]:
     cache = DynamicCache()
     with torch.no_grad():
-        model(input_ids=ids, past_key_values=cache, use_cache=True)
+        model(input_ids=ids, cache=cache, use_cache=True)
     return [layer.keys for layer in cache.layers]  # post-RoPE, what a KV cache stores
 
 

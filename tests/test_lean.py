@@ -65,13 +65,13 @@ def test_prefill_and_decode_logits_match_transformers(name):
     ids = prompt()
     with torch.inference_mode():
         cache = transformers.DynamicCache(config=model.config)
-        ref = model(ids, past_key_values=cache, use_cache=True).logits[:, -1]
+        ref = model(ids, cache=cache, use_cache=True).logits[:, -1]
         got = lean.prefill(ids)
         assert got.shape == (1, model.config.vocab_size)
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
         for _ in range(5):
             token = ref.argmax(-1, keepdim=True)
-            ref = model(token, past_key_values=cache, use_cache=True).logits[:, -1]
+            ref = model(token, cache=cache, use_cache=True).logits[:, -1]
             got = lean.decode(token)
             torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
     assert lean.length == ids.shape[1] + 5
