@@ -158,8 +158,8 @@ def _write(out: Path, title: str, probe, predictions, main, depth, thread, quali
                     "catalogue (solid) and probe (dashed) roofs")] + plots
         for runs, stem, caption in ((depth, "depth", "Depth sweep: decode tok/s of the first k layers, measured and "
                                      "predicted"), (thread, "threads", "Thread sweep: decode tok/s, measured and predicted")):
-            figures += [(p, caption) for p in bench_plots(flat_rows(runs), out / stem)
-                        if p.name.startswith(f"{stem}_") and p.suffix == ".svg"]
+            figures += [(p, caption) for p in bench_plots(flat_rows(runs), out / stem, roofline=False)
+                        if p.suffix == ".svg"]
         notes = ["Scenarios (prompt:generated): prefill of exactly P tokens, then N decode steps on the same cache; "
                  "greedy, EOS ignored. Φ is against the probe's measured roof; the catalogue roof is this host's "
                  "catalogue entry."]

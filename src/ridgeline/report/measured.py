@@ -131,9 +131,9 @@ def sweep_rows(rows: Sequence[dict]) -> list[dict[str, Any]]:
              "predicted (catalogue roof)": r.get("predicted_decode_tokens_per_s_catalogue")} for r in rows]
 
 
-def bench_plots(rows: Sequence[dict], stem: Path) -> list[Path]:
-    """The roofline with measured and analytic points (STEM.png/.svg), and a sweep plot (STEM_layers,
-    STEM_threads) for each of depth and threads that varies."""
+def bench_plots(rows: Sequence[dict], stem: Path, roofline: bool = True) -> list[Path]:
+    """The roofline with measured and analytic points (STEM.png/.svg, unless `roofline` is False), and a sweep plot
+    (STEM_layers, STEM_threads) for each of depth and threads that varies."""
     from ridgeline.report.plot import plot_roofline, plot_sweep
 
     if not rows:
@@ -141,7 +141,8 @@ def bench_plots(rows: Sequence[dict], stem: Path) -> list[Path]:
     model = rows[0]["model"]
     nodes = len({r.get("node") for r in rows} - {None})
     paths = plot_roofline(result_roofs(rows), measured_points(rows), stem,
-                          title=f"{model}: measured runs on the roofline" + (f" ({nodes} nodes)" if nodes else ""))
+                          title=f"{model}: measured runs on the roofline" + (f" ({nodes} nodes)" if nodes else "")
+                          ) if roofline else []
     swept = sweep_rows(rows)
     by = ("node", "run", "scenario") if any(r.get("node") for r in rows) else ("run", "scenario")
     for axis in ("layers", "threads"):
