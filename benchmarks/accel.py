@@ -190,7 +190,8 @@ def part_dse(points: int, workers: int) -> dict:
 
 
 def part_ppl(tokens: int, context: int) -> dict:
-    """Perplexity of the bundled model: fp32, Harmonia KV only, BFP activations only, the full scheme."""
+    """Perplexity of the bundled model: fp16 (the reference, as in the seed), fp32, Harmonia KV only, the full
+    scheme with 8-bit and 4-bit weights."""
     import torch
 
     from ridgeline.arch import Variant
@@ -199,25 +200,28 @@ def part_ppl(tokens: int, context: int) -> dict:
     from ridgeline.quant import BFPConfig, quantize_
 
     torch.manual_seed(0)
-    variants = [("fp32", None, None), ("fp32 + Harmonia KV", None, "harmonia"),
+    # (name, BFP (weights, activations) formats, KV format, dtype); the seed compares against FP16, so the fp16
+    # model is the reference of `relative_change` (fp32 beside it shows what fp16 itself costs)
+    variants = [("fp16", None, None, "fp16"), ("fp32", None, None, "fp32"), ("fp32 + Harmonia KV", None, "harmonia"),
                 ("Harmonia scheme: BFP activations + bfp32m8 weights + Harmonia KV", ("bfp32m8", "bfp32m8"), "harmonia"),
                 ("Harmonia scheme, 4-bit weights (mxint4) + Harmonia KV", ("mxint4", "bfp32m8"), "harmonia")]
     out, ref = {}, None
-    for name, quant, kv in variants:
-        model, tok = load_model("smollm2-135m", "fp32")
+    for name, quant, kv, *dtype in variants:
+        dtype = dtype[0] if dtype else "fp32"
+        model, tok = load_model("smollm2-135m", dtype)
         if quant:
             quantize_(model, BFPConfig(weight_format=quant[0], act_format=quant[1]))
         t0 = time.perf_counter()
-        rec = run_eval(EvalConfig(model="smollm2-135m", tasks=("ppl",), dtype="fp32", context=context,
+        rec = run_eval(EvalConfig(model="smollm2-135m", tasks=("ppl",), dtype=dtype, context=context,
                                   stride=context, max_tokens=tokens, variant=Variant(kv=kv)), model=model,
                        tokenizer=tok)
         ppl = rec["tasks"]["ppl"]
         value = ppl["token_perplexity"]
         ref = ref or value
         out[name] = {"token_perplexity": value, "relative_change": value / ref - 1.0, "tokens": ppl.get("tokens"),
-                     "wall_s": time.perf_counter() - t0, "weights": rec["model"]["weights"], "kv": kv}
+                     "wall_s": time.perf_counter() - t0, "weights": rec["model"]["weights"], "kv": kv, "dtype": dtype}
     return {"model": "smollm2-135m", "context": context, "stride": context, "max_tokens": tokens,
-            "variants": out, "seed_accuracy_loss": SEED["accuracy_loss"],
+            "reference": "fp16", "variants": out, "seed_accuracy_loss": SEED["accuracy_loss"],
             "note": "perplexity change, not the seed's LongBench accuracy; activations of Q and the attention "
                     "probabilities are not quantized by the emulation (BFPConfig covers linear layers); "
                     "BFPConfig takes MX/BFP weights, so INT4 weights are stood in for by mxint4 (4-bit "
