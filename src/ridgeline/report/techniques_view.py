@@ -135,8 +135,7 @@ def plot_matrix(t: Table, out: str | Path) -> list[Path]:
                 data[i, j] = math.log2(v)
     fig, ax = plt.subplots(figsize=(2.0 + 1.3 * len(cols), 1.5 + 0.36 * len(names)))
     lim = max(1.0, float(np.nanmax(np.abs(data))) if np.isfinite(data).any() else 1.0)
-    cmap = plt.get_cmap("RdBu").copy()
-    cmap.set_bad("#dddddd")
+    cmap = plt.get_cmap("RdBu").with_extremes(bad="#dddddd")
     im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=-lim, vmax=lim, aspect="auto")
     for i in range(len(names)):
         for j in range(len(cols)):
