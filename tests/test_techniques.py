@@ -250,7 +250,7 @@ def test_bad_results_folder_is_one_line(tmp_path):
     assert res.exit_code == 2 and "cannot be read as JSON" in res.output
 
 
-def test_report_section_has_both_tables_every_row_and_the_figures(committed, tmp_path):
+def test_report_section_has_its_tables_every_row_and_the_figures(committed, tmp_path):
     from ridgeline.report.techniques_view import plot_literature, plot_matrix
 
     table = committed[1]
@@ -260,8 +260,22 @@ def test_report_section_has_both_tables_every_row_and_the_figures(committed, tmp
     add_techniques_section(rep, table, figs)
     page = rep.render()
     tables = re.findall(r"<table>.*?</table>", page, re.S)
-    assert len(tables) == 2 and all(t.count("<tr>") == len(TECHNIQUES) + 1 for t in tables)
+    assert len(tables) == 3 and all(t.count("<tr>") == len(TECHNIQUES) + 1 for t in tables)
     assert page.count("<svg") == 2
     assert "<td></td>" not in page  # never a blank cell
     assert all(r.technique.split(" (")[0] in page for r in table.rows)
     assert techniques_json(table)["matrix"]["gqa"]["rtx-3090"] > 1
+
+
+def test_demo_section_takes_seconds_and_adds_its_files(tmp_path):
+    import time
+
+    from ridgeline.cli.techniques import OUT_FILES, demo_techniques
+
+    rep = Report("demo")
+    t0 = time.perf_counter()
+    demo_techniques(rep, tmp_path)
+    assert time.perf_counter() - t0 < 120  # seconds on an idle machine; generous for a shared one
+    assert {p.name for p in tmp_path.iterdir()} == set(OUT_FILES)
+    page = rep.render()
+    assert "committed benchmark records" in page and page.count("<svg") == 2

@@ -57,3 +57,28 @@ def techniques(
         say(f"⚠ {text}")
     for f in files:
         say(f"wrote {f}")
+
+
+def demo_techniques(report, out: Path) -> None:
+    """The demo's techniques section (seconds): the committed benchmark records when this is a checkout, else
+    predictions only on the probed machine; the table printed, its files written into `out`, the section added."""
+    from ridgeline.report import (add_techniques_section, build_techniques, committed_results, read_records,
+                                  technique_table, write_technique_outputs)
+
+    folder = committed_results()
+    records = read_records(folder) if folder else {}
+    table = build_techniques(records, None if records else "local")
+    console.print(technique_table(table))
+    with writing(out):
+        files = write_technique_outputs(table, out)
+    captions = {"techniques_matrix": "Predicted speedup of each technique's headline phase on the seed devices and "
+                                     "the simulated Harmonia design (grey: not applicable, with the reason in "
+                                     "techniques.json)",
+                "techniques_vs_literature": "Measured here, the roofline's prediction for this host, and the survey "
+                                            "seed's figure"}
+    figures = [(p, captions[p.stem]) for p in files if p.suffix == ".svg"]
+    where = (f"Measured rows come from the committed benchmark records in {folder} ({', '.join(table.records)}), "
+             f"measured on {table.machine.get('cpu', '?')} ({table.machine.get('cores', '?')} cores); `ridgeline "
+             "techniques --results DIR` rebuilds this table from other records." if records else
+             "No benchmark records here (not a checkout): predictions only, on the probed machine.")
+    add_techniques_section(report, table, figures, where)

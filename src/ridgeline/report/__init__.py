@@ -10,7 +10,7 @@ from ridgeline.report.measured import (bench_plots, bench_table, contention_warn
 from ridgeline.report.plot import Point, Roof, device_roofs, plot_roofline, plot_sweep, prediction_points
 from ridgeline.report.quality import quality_columns, quality_rows, quality_table
 from ridgeline.report.summary import summary_report
-from ridgeline.report.techniques import TECHNIQUES, Technique, read_records, resolve
+from ridgeline.report.techniques import TECHNIQUES, Technique, committed_results, read_records, resolve
 from ridgeline.report.techniques import build_table as build_techniques
 from ridgeline.report.techniques_view import add_section as add_techniques_section
 from ridgeline.report.techniques_view import explanations as technique_explanations
@@ -25,5 +25,5 @@ __all__ = ["Column", "Point", "Report", "Roof", "accel_area_table", "accel_compa
            "phi_warnings", "plot_roofline", "plot_sweep", "prediction_points", "probe_table", "quality_columns",
            "quality_rows", "quality_table", "quant_table", "result_roofs", "seconds", "serve_tables", "si",
            "summary_report", "summary_table", "sweep_rows", "TECHNIQUES", "Technique", "add_techniques_section",
-           "build_techniques", "read_records", "resolve", "technique_explanations", "technique_table",
+           "build_techniques", "committed_results", "read_records", "resolve", "technique_explanations", "technique_table",
            "techniques_json", "write_technique_outputs"]

@@ -335,6 +335,12 @@ def read_records(folder: str | Path) -> dict[str, Any]:
     return out
 
 
+def committed_results() -> Path | None:
+    """The repository's benchmarks/results folder beside the source tree (a checkout or editable install), if any."""
+    folder = Path(__file__).resolve().parents[3] / "benchmarks" / "results"
+    return folder if folder.is_dir() else None
+
+
 def missing_reason(file: str, records: dict[str, Any]) -> str | None:
     """Why `file` cannot be used (absent, or partial), or None."""
     if file not in records:

@@ -197,34 +197,40 @@ def write_technique_outputs(t: Table, out: str | Path, plots: bool = True) -> li
     return files
 
 
-def add_section(rep: Report, t: Table, figures: Sequence[tuple[Path, str]] = ()) -> None:
-    """The techniques section of an HTML report: two narrow tables, the explanations and the figures."""
+def add_section(rep: Report, t: Table, figures: Sequence[tuple[Path, str]] = (), note: str = "") -> None:
+    """The techniques section of an HTML report: three narrow tables, the explanations and the figures."""
     kinds = {k: kind for k, _, kind in FIELDS}
     rep.heading("Techniques: measured, the survey's figures, and the roofline's projection")
+    if note:
+        rep.para(note, "note")
     rep.para("Each speedup is against the baseline its record interleaved (named per row in techniques.json); "
              "prefill × = baseline time / technique time, decode × = tokens/s ratio (throughput for the serving rows). "
              "A cell with no number names why.", "note")
-    measured = []
-    for r in t.rows:
-        d = {"technique": r.technique}
-        d.update({k: cell(r, k, kinds[k]) for k in ("prefill_speedup", "decode_speedup", "weights_bytes", "kv_bytes",
-                                                    "memory_ratio", "ppl", "ppl_change", "cloze", "mc")})
-        measured.append(d)
-    rep.table(measured, [Column("technique", "technique", left=True)] + [
-        Column(h, k) for k, h, _ in FIELDS if k in measured[0]] if measured else [],
-        caption="measured on this machine: speed against the record's own baseline, memory (weights + KV), quality")
+    groups = ((("prefill_speedup", "decode_speedup", "weights_bytes", "kv_bytes", "memory_ratio"),
+               "measured speed against the record's own baseline, and memory (weights + KV; memory ÷ = baseline / "
+               "technique)"),
+              (("ppl", "ppl_change", "cloze", "mc"), "measured quality: held-out perplexity and its change, cloze "
+               "and multiple-choice accuracy where the record has them"))
+    headers = {k: h for k, h, _ in FIELDS}
+    for keys, caption in groups:
+        rows = [{"technique": r.technique, **{k: cell(r, k, kinds[k]) for k in keys}} for r in t.rows]
+        rep.table(rows, [Column("technique", "technique", left=True)] + [Column(headers[k], k) for k in keys],
+                  caption=caption)
     compare = []
     for r in t.rows:
         pred = "predicted_prefill" if r.headline == "prefill" else "predicted_decode"
         key = "prefill_speedup" if r.headline == "prefill" else "decode_speedup"
         compare.append({"technique": r.technique, "headline": r.headline, "measured": cell(r, key, "x"),
                         "predicted": cell(r, pred, "x"), "seed": r.literature,
+                        "note": "emulated" if any(n.startswith("emulated") for n in r.notes) else "-",
                         "band": "outside 2×" if r.outside_band() else "within" if r.literature_low and
                         r.measured_headline is not None else "-"})
     rep.table(compare, [Column("technique", "technique", left=True), Column("phase", "headline", left=True),
                         Column("measured", "measured"), Column(f"roofline ({t.host or 'host'})", "predicted"),
-                        Column("survey seed", "seed", left=True), Column("vs seed", "band", left=True)],
-              caption="the headline phase is the one the seed's figure is about")
+                        Column("survey seed", "seed", left=True), Column("vs seed", "band", left=True),
+                        Column("note", "note", left=True)],
+              caption="the headline phase is the one the seed's figure is about; emulated = no kernel for the format "
+                      "here (its speed says nothing about a kernel's)")
     for text in explanations(t):
         rep.para(text)
     for svg, caption in figures:
