@@ -95,7 +95,8 @@ def test_missing_and_partial_records_say_why(folder):
     medusa = _row(table, "medusa")
     assert "partial (complete: false)" in medusa.why["decode_speedup"]
     assert "kv.json" in _row(table, "gqa").why["prefill_speedup"]  # present record, phase not timed
-    assert "no record runs" in _row(table, "swa_gqa").why["decode_speedup"]
+    assert "combos.json missing — run benchmarks/techniques.py --measure" in _row(table, "swa_gqa").why["decode_speedup"]
+    assert "no benchmark runs Medusa on a quantized model" in _row(table, "medusa_int8").why["decode_speedup"]
     for r in table.rows:  # never a blank cell: every value or its reason
         for key, v in r.values.items():
             assert v is not None or r.why.get(key), (r.key, key)

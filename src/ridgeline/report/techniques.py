@@ -35,9 +35,10 @@ MODEL = "smollm2-135m"
 SEED_DEVICES = ("rtx-3090", "rtx-3070-ti-laptop", "jetson-orin-nano-super-8g", "raspberry-pi-5", "apple-m1-pro")
 #: bundled accelerator designs priced as extra matrix columns (`ridgeline.accel`)
 ACCEL_DESIGNS = ("harmonia",)
-#: the benchmark script that writes each record
-SCRIPTS = {"quant.json": "quant", "kv.json": "kv", "serve.json": "serve", "native.json": "native",
-           "accel.json": "accel", "medusa.json": "medusa", "compress.json": "compress", "distill.json": "distill"}
+#: the command that writes each record
+SCRIPTS = {**{f"{n}.json": f"benchmarks/{n}.py" for n in ("quant", "kv", "serve", "native", "accel", "medusa",
+                                                          "compress", "distill")},
+           "combos.json": "benchmarks/techniques.py --measure"}
 #: measured headline / seed figure outside [1/BAND, BAND] gets an explanation
 BAND = 2.0
 
@@ -150,7 +151,9 @@ _MEDUSA = "medusa.json:decode.medusa_greedy"
 _COMPRESS = "compress.json:timing.rows[method=scrl,rate=2.0,length=2048]"
 _COMPRESS_Q = "compress.json:quality.summary[method=scrl,rate=2.0,length=2048]"
 _DISTILL = "distill.json:rows[kind=kd,optimizer=muon,seed=0]"
-_NO_COMBO = "not measured: no record runs {what} (benchmarks/techniques.py --measure does)"
+_NO_COMBO = "not measured: no benchmark runs {what} yet"
+_COMBO = "combos.json:rows[variant=swa512+gqa1]"
+_COMBO_BASE = "combos.json:rows[variant=base]"
 
 TECHNIQUES: tuple[Technique, ...] = (
     Technique("llm_int8", "LLM.int8()", "quantization", "decode", Literature("LLM.int8(): ×1.5", 1.5, 1.5),
@@ -242,7 +245,9 @@ TECHNIQUES: tuple[Technique, ...] = (
               Projection("256:64", base="fp32", batch=8, weights="int8_pc"), combination=True),
     Technique("swa_gqa", "SWA (W = 512) + GQA (1 KV head)", "combination", "decode",
               Literature("survey: SWA + GQA as in Mistral 7B (no figure)"),
-              _NO_COMBO.format(what="a model with both a sliding window and pooled KV heads"),
+              Measured("fp32, full attention, 3 KV heads, 2048:32, interleaved (combos.json)",
+                       Ratio(f"{_COMBO_BASE}.ttft_s.median", f"{_COMBO}.ttft_s.median"),
+                       Ratio(f"{_COMBO}.decode_tokens_per_s.median", f"{_COMBO_BASE}.decode_tokens_per_s.median")),
               Projection(**_KV, window=512, kv_heads=1), combination=True),
     Technique("medusa_int8", "Medusa on an int8 model", "combination", "decode",
               Literature("survey: combine decoding and quantization (no figure)"),
@@ -344,9 +349,9 @@ def committed_results() -> Path | None:
 def missing_reason(file: str, records: dict[str, Any]) -> str | None:
     """Why `file` cannot be used (absent, or partial), or None."""
     if file not in records:
-        return f"not measured: benchmarks/results/{file} missing — run benchmarks/{SCRIPTS[file]}.py"
+        return f"not measured: benchmarks/results/{file} missing — run {SCRIPTS[file]}"
     if records[file].get("complete") is False:
-        return f"not measured: {file} is partial (complete: false) — rerun benchmarks/{SCRIPTS[file]}.py to the end"
+        return f"not measured: {file} is partial (complete: false) — rerun {SCRIPTS[file]} to the end"
     return None
 
 
