@@ -15,6 +15,7 @@ benchmarks/results/combos.json, which the table then reads. (The other combinati
 paged engine, Medusa on a quantized model — are predicted only; their rows say so.)
 
 Run: .venv/bin/python benchmarks/techniques.py [--measure] [--rounds 3] [--threads 2] [--results DIR] [--out PATH]
+     .venv/bin/python benchmarks/techniques.py --markdown   # the README's table, from --out
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_info  # noqa: E402
 
 from ridgeline.io import write_json  # noqa: E402
-from ridgeline.report import build_techniques, read_records, techniques_json  # noqa: E402
+from ridgeline.report import build_techniques, read_records, techniques_json, techniques_markdown  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 LOCK = "/tmp/ridgeline-timing.lock"
@@ -96,7 +97,13 @@ def main() -> None:
     ap.add_argument("--measure", action="store_true", help="measure SWA + GQA first (minutes; takes the timing lock)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--markdown", action="store_true", help="print --out's table as Markdown (the README's) and stop")
     a = ap.parse_args()
+    if a.markdown:
+        import json
+
+        print(techniques_markdown(json.loads(a.out.read_text())), end="")
+        return
     start = {"uptime": uptime(), "machine": machine_info()}
     if a.measure:
         with timing_lock():

@@ -280,3 +280,12 @@ def test_demo_section_takes_seconds_and_adds_its_files(tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == set(OUT_FILES)
     page = rep.render()
     assert "committed benchmark records" in page and page.count("<svg") == 2
+
+
+def test_readme_table_is_generated_from_the_committed_techniques_json():
+    from ridgeline.report import techniques_markdown
+
+    record = json.loads((RESULTS / "techniques.json").read_text())
+    readme = (RESULTS.parent.parent / "README.md").read_text()
+    assert techniques_markdown(record) in readme  # regenerate: benchmarks/techniques.py --markdown
+    assert [r["key"] for r in record["rows"]] == [t.key for t in TECHNIQUES]

@@ -15,6 +15,7 @@ from ridgeline.report.techniques import build_table as build_techniques
 from ridgeline.report.techniques_view import add_section as add_techniques_section
 from ridgeline.report.techniques_view import explanations as technique_explanations
 from ridgeline.report.techniques_view import table_json as techniques_json
+from ridgeline.report.techniques_view import markdown_table as techniques_markdown
 from ridgeline.report.techniques_view import technique_table, write_technique_outputs
 from ridgeline.report.tables import (attention_summary, devices_table, export_table, formats_table, gqa_table, memory_table, models_table, operator_table,
                                      probe_table, quant_table, seconds, serve_tables, si, summary_table)
@@ -25,5 +26,5 @@ __all__ = ["Column", "Point", "Report", "Roof", "accel_area_table", "accel_compa
            "phi_warnings", "plot_roofline", "plot_sweep", "prediction_points", "probe_table", "quality_columns",
            "quality_rows", "quality_table", "quant_table", "result_roofs", "seconds", "serve_tables", "si",
            "summary_report", "summary_table", "sweep_rows", "TECHNIQUES", "Technique", "add_techniques_section",
-           "build_techniques", "committed_results", "read_records", "resolve", "technique_explanations", "technique_table",
+           "build_techniques", "committed_results", "read_records", "resolve", "technique_explanations", "technique_table", "techniques_markdown",
            "techniques_json", "write_technique_outputs"]

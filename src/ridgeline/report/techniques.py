@@ -716,10 +716,14 @@ def explain(row: Row, pair: tuple[Prediction, Prediction] | None, device: Device
     t_top = t.bytes_by_kind.get(top, 0.0)
     params = w.model.param_count()
     batch = w.scenario.batch
+    # decode bytes per generated token (a decode phase sums its steps), prefill bytes for the whole prompt
+    per, tper = (max(b.tokens, 1), max(t.tokens, 1)) if phase == "decode" else (1, 1)
+    unit = " per token" if phase == "decode" else ""
     if b.bound == "memory":
         why = (f"{phase} is memory-bound at batch {batch} ({b.intensity:.3g} FLOP/B against the ridge's "
-               f"{ridge:.3g} FLOP/B), {share:.0%} of its bytes are {top} ({_si(top_bytes, 'B')} → "
-               f"{_si(t_top, 'B')} with the technique) and total bytes change ×{b.bytes / t.bytes if t.bytes else 0:.2f}")
+               f"{ridge:.3g} FLOP/B), {share:.0%} of its bytes are {top} ({_si(top_bytes / per, 'B')} → "
+               f"{_si(t_top / tper, 'B')}{unit} with the technique) and bytes{unit} fall "
+               f"×{(b.bytes / per) / (t.bytes / tper) if t.bytes else 0:.2f}")
     else:
         why = (f"{phase} is compute-bound at batch {batch} ({b.intensity:.3g} FLOP/B, above the ridge's "
                f"{ridge:.3g} FLOP/B), so its time follows FLOPs ({_si(b.flops)} → {_si(t.flops)}), not bytes")

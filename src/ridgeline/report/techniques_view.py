@@ -44,7 +44,7 @@ def fmt_value(kind: str, v: float) -> str:
     if kind == "B":
         return si(v, "B")
     if kind == "%":
-        return f"{v:+.1%}" if abs(v) < 10 else f"×{1 + v:.0f}"
+        return f"{v:+.1%}" if abs(v) < 1 else f"×{1 + v:.3g}"
     return f"{v:.4g}"
 
 
@@ -235,3 +235,25 @@ def add_section(rep: Report, t: Table, figures: Sequence[tuple[Path, str]] = (),
         rep.para(text)
     for svg, caption in figures:
         rep.figure(svg, caption)
+
+
+def markdown_table(record: dict) -> str:
+    """techniques.json's flat rows as a Markdown table (the README's): values, or the short reason they are absent."""
+    kinds = {k: kind for k, _, kind in FIELDS}
+
+    def md(row: dict, key: str, kind: str) -> str:
+        v = row.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return fmt_value(kind, float(v))
+        return short_reason(str(v)) if v else "-"
+
+    lines = ["| technique | prefill × | decode × | memory ÷ | Δppl | survey seed | roofline here | vs seed |",
+             "|---|---:|---:|---:|---:|---|---:|---|"]
+    for r in record["rows"]:
+        pred = "predicted_prefill" if r["headline"] == "prefill" else "predicted_decode"
+        band = "outside 2×" if r["outside_band"] else ("within 2×" if r["literature_low"] is not None and isinstance(
+            r.get("measured_headline"), (int, float)) else "-")
+        lines.append(f"| {r['technique']} | {md(r, 'prefill_speedup', 'x')} | {md(r, 'decode_speedup', 'x')} | "
+                     f"{md(r, 'memory_ratio', 'x')} | {md(r, 'ppl_change', kinds['ppl_change'])} | {r['literature']} | "
+                     f"{md(r, pred, 'x')} | {band} |")
+    return "\n".join(lines) + "\n"
