@@ -289,3 +289,29 @@ def test_readme_table_is_generated_from_the_committed_techniques_json():
     readme = (RESULTS.parent.parent / "README.md").read_text()
     assert techniques_markdown(record) in readme  # regenerate: benchmarks/techniques.py --markdown
     assert [r["key"] for r in record["rows"]] == [t.key for t in TECHNIQUES]
+
+
+def test_compress_and_distill_records_in_their_scripts_shape_are_read(folder):
+    """The shapes benchmarks/compress.py and benchmarks/distill.py write (the parts the table reads)."""
+    compress = {"machine": MACHINE, "timing": {"rows": [
+        {"length": 2048, "rate": None, "method": "full", "kv_bytes_fp32": 4000, "speedup_vs_full": 1.0},
+        {"length": 2048, "rate": 2.0, "method": "scrl", "kv_bytes_fp32": 2000, "speedup_vs_full": 1.6},
+        {"length": 2048, "rate": 4.0, "method": "scrl", "kv_bytes_fp32": 1000, "speedup_vs_full": 2.5}]},
+        "quality": {"summary": [{"length": 2048, "rate": 2.0, "method": "scrl", "cloze_accuracy": 0.5}]}}
+    distill = {"machine": MACHINE, "rows": [
+        {"stage": "teacher", "kind": "teacher", "model_bytes": 300, "ppl": 20.0, "decode_tok_s": 10.0,
+         "prefill_tok_s": 100.0},
+        {"stage": "kd-adamw-s0", "kind": "kd", "optimizer": "adamw", "seed": 0, "model_bytes": 200, "ppl": 30.0,
+         "decode_tok_s": 14.0, "prefill_tok_s": 150.0, "cloze_acc": 0.2, "mc_acc_norm": 0.3},
+        {"stage": "kd-muon-s0", "kind": "kd", "optimizer": "muon", "seed": 0, "model_bytes": 200, "ppl": 25.0,
+         "decode_tok_s": 15.0, "prefill_tok_s": 140.0, "cloze_acc": 0.25, "mc_acc_norm": 0.4}]}
+    (folder / "compress.json").write_text(json.dumps(compress))
+    (folder / "distill.json").write_text(json.dumps(distill))
+    table = build_techniques(read_records(folder))
+    s = _row(table, "scrl")
+    assert s.values["prefill_speedup"] == 1.6 and s.values["memory_ratio"] == 2.0 and s.values["cloze"] == 0.5
+    assert s.explanation is None and s.why["decode_speedup"].startswith("not measured: compress.json times TTFT")
+    d = _row(table, "distill")
+    assert d.values["decode_speedup"] == pytest.approx(1.5) and d.values["prefill_speedup"] == pytest.approx(1.4)
+    assert d.values["memory_ratio"] == pytest.approx(1.5) and d.values["ppl_change"] == pytest.approx(0.25)
+    assert (d.values["cloze"], d.values["mc"]) == (0.25, 0.4)

@@ -208,6 +208,8 @@ TECHNIQUES: tuple[Technique, ...] = (
               Measured("plain greedy decode on the same path, fp32 (medusa.json)",
                        "not measured: medusa.json times decode only",
                        Ratio(f"{_MEDUSA}.speedup_vs_greedy_same_path"),
+                       flags=((f"{_MEDUSA}.identical_to_greedy", "lossless: the output was identical to plain greedy "
+                               "decoding, so quality is unchanged"),),
                        requires=(f"{_MEDUSA}.speedup_vs_greedy_same_path",)),
               Projection(base="fp32", speculation=(8, 2.0, 4), speculation_ref="medusa.json:roofline.speculation")),
     Technique("scrl", "Prompt compression (SCRL, 2×, 2048-token prompt)", "prompt", "prefill",
