@@ -162,7 +162,7 @@ def test_analytic_packages_never_import_torch(package):
 
 
 @pytest.mark.parametrize("args", [["--help"], ["analyze", "-m", "smollm2-135m", "-d", "raspberry-pi-5", "--json"],
-                                  ["devices"], ["formats"]])
+                                  ["devices"], ["formats"], ["techniques", "--json"]])
 def test_analytic_commands_start_without_torch(args):
     code = ("import sys; from ridgeline.cli import app\n"
             "try:\n    app(%r)\nexcept SystemExit as e:\n    assert not e.code, e.code\n"

@@ -94,3 +94,38 @@ def test_report_renders_in_a_real_browser(report_page, tmp_path):
     assert len(tables) >= 3 and all(n >= 2 for n in tables), tables  # a header row and at least one row
     assert overflow <= 0, f"the page is {overflow} px wider than a 1280 px window"
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_techniques_section_renders_in_a_real_browser(tmp_path):
+    """The techniques section from the committed records: the heat map and the bars drawn, both tables filled,
+    nothing wider than the window."""
+    from pathlib import Path
+
+    from ridgeline.report import Report, add_techniques_section, build_techniques, read_records, write_technique_outputs
+
+    executable = _browser()
+    from playwright.sync_api import sync_playwright
+
+    table = build_techniques(read_records(Path(__file__).parent.parent / "benchmarks" / "results"))
+    files = write_technique_outputs(table, tmp_path / "out")
+    figures = [(p, p.stem) for p in files if p.suffix == ".svg"]
+    rep = Report("techniques")
+    add_techniques_section(rep, table, figures)
+    page_path = tmp_path / "report.html"
+    page_path.write_text(rep.render())
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(page_path.as_uri())
+            svgs = page.evaluate("[...document.querySelectorAll('figure svg')].map(s => "
+                                 "{const r = s.getBoundingClientRect(); return [r.width, r.height]})")
+            tables = page.evaluate("[...document.querySelectorAll('table')].map(t => t.rows.length)")
+            overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+            page.screenshot(path=str(tmp_path / "techniques.png"), full_page=True)
+        finally:
+            browser.close()
+    assert len(svgs) == 2 and all(w > 300 and h > 300 for w, h in svgs), svgs
+    assert tables == [len(table.rows) + 1] * 3, tables
+    assert overflow <= 0, f"the page is {overflow} px wider than a 1280 px window"
+    assert (tmp_path / "techniques.png").stat().st_size > 10_000

@@ -15,6 +15,7 @@
 | compress | compress (run), compress train |
 | medusa | medusa train, medusa accuracy, medusa tree |
 | distill | distill |
+| techniques | techniques |
 | demo | demo |
 
 Heavy imports (torch, transformers) happen inside command bodies, so `ridgeline --help` and the analytic
@@ -24,7 +25,7 @@ commands start without torch.
 from ridgeline.cli.common import app, console, err_console
 
 # importing a module registers its commands; `ridgeline --help` lists them in this order
-from ridgeline.cli import analyze, sweep, catalogue, measure, serve, quant, quality, train, fleet, accel, compress, medusa, distill, demo  # noqa: E402,F401,I001
+from ridgeline.cli import analyze, sweep, catalogue, measure, serve, quant, quality, train, fleet, accel, compress, medusa, distill, techniques, demo  # noqa: E402,F401,I001
 
 
 def main() -> None:

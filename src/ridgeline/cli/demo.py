@@ -1,7 +1,8 @@
 """`ridgeline demo`: the main job on the bundled model, step by step, into one results folder.
 
 probe → analyze (and simulated accelerators) → bench (torch fp32/bf16, llama.cpp; depth and thread sweeps) →
-int8/int4 quantization → quality (KV formats too) → serving (paged KV, continuous batching) → report.html. Each
+int8/int4 quantization → quality (KV formats too) → serving (paged KV, continuous batching) → report.html, with the
+techniques table from the committed benchmark records. Each
 step is a function that calls the library and renders its part; the command strings them together.
 """
 
@@ -18,6 +19,7 @@ from ridgeline.cli.common import app, command, console, csv_list, finite, int_li
 from ridgeline.cli.progress import progress
 from ridgeline.cli.measure import render_bench, run_bench_grid, run_probe
 from ridgeline.cli.serve import demo_serve
+from ridgeline.cli.techniques import OUT_FILES as TECHNIQUE_FILES, demo_techniques
 from ridgeline.errors import RidgelineError
 
 #: the default demo (a reduced RooflineBench grid, about 5 minutes on 2 idle cores) and `--full` (about 12)
@@ -28,7 +30,7 @@ SIZES = {False: {"grid": "128:32,512:32,128:96", "repeats": 2, "depths": "2,16,a
 #: what the demo writes into its results folder (each file replaced alone; nothing else there is touched)
 DEMO_FILES = ("report.html", "bench.json", "bench.csv", "quality.json", "serve.json", "probe.json", "analyze.json",
               *(f"{stem}{ext}" for stem in ("roofline", "roofline_analytic", "serve_roofline", "depth_layers",
-                                            "threads_threads") for ext in (".png", ".svg")))
+                                            "threads_threads") for ext in (".png", ".svg")), *TECHNIQUE_FILES)
 
 
 def _sizes(full: bool, scenarios: Optional[str], repeats: Optional[int], depths: Optional[str]) -> tuple[dict, list]:
@@ -165,6 +167,7 @@ def _write(out: Path, title: str, probe, predictions, main, depth, thread, quali
                  "catalogue entry."]
         report = summary_report(title, probe.to_json(), [prediction_json(p) for p in predictions], rows, figures,
                                 notes=notes, quality=quality)
+        demo_techniques(report, out)  # the survey's table from the committed records: seconds
         write_text(out / "report.html", report.render())
 
 

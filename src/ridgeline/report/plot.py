@@ -179,6 +179,11 @@ def plot_sweep(rows: Sequence[dict[str, Any]], x: str, y: str | Sequence[str], o
     return paths
 
 
+def save_figure(fig: Any, out: str | Path) -> list[Path]:
+    """Write a matplotlib figure to `out`.png and `out`.svg atomically (SVG text kept as text)."""
+    return _save(fig, out)
+
+
 def _save(fig, out: str | Path) -> list[Path]:
     import matplotlib
 
