@@ -466,3 +466,31 @@ def test_cli_accel(tmp_path):
     assert bad.exit_code == 2 and "unknown accelerator design" in bad.output
     bad = runner.invoke(app, ["accel", "--axes", "rows"])
     assert bad.exit_code == 2 and "--axes" in bad.output
+
+
+def test_a_prompt_compressor_runs_on_the_array_and_reads_the_whole_prompt():
+    """The compressor's layers are the target's GEMMs and attention: lowered onto the PE array like them (shapeless,
+    they used to be priced as elementwise work on the vector unit, which made SCRL ×0.13 on Harmonia)."""
+    from dataclasses import replace
+
+    from ridgeline.accel import design_precision
+    from ridgeline.roofline import compressed
+    from ridgeline.specs import load_spec
+
+    spec, d = load_spec("smollm2-135m"), get_design("harmonia")
+    prec = design_precision(d)
+    sc = Scenario(2048, 8)
+    base = simulate(build_workload(spec, sc, prec), d)
+    csc, comp = compressed(sc, spec, 2.0, "self:4")
+    tech = simulate(build_workload(spec, csc, prec, None, comp), d)
+    ops = {o.name: o for o in tech.prefill.ops}
+    for name in ("compressor:q_proj", "compressor:gate_proj", "compressor:down_proj", "compressor:qk", "compressor:av"):
+        assert ops[name].unit == "array" and ops[name].macs > 0, name
+    assert ops["compressor:scorer_head"].unit == "vector"  # fp32 weights: no PE mode takes them
+    # 4 layers over the full 2048 tokens cost what the target's same layers cost over the same 2048 tokens
+    target = {o.name: o for o in base.prefill.ops}
+    for name in ("gate_proj", "qk"):
+        assert ops[f"compressor:{name}"].macs == pytest.approx(target[name].macs * 4 / 30, rel=1e-6), name
+    one = replace(sc, prompt=1024)  # what the target prefills after 2x compression
+    assert tech.prefill.time_s < base.prefill.time_s
+    assert tech.prefill.time_s > simulate(build_workload(spec, one, prec), d).prefill.time_s

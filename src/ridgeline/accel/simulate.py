@@ -17,7 +17,7 @@ pJ/element + leakage × time. DRAM bytes are split like the roofline's: weights,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -40,6 +40,13 @@ _ROLES = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "qkv_proj"
           "shared_up": "ffn_up_shexp", "shared_down": "ffn_down_shexp", "shared_expert_gate": "ffn_gate_inp_shexp",
           "q_a_proj": "attn_q_a", "q_b_proj": "attn_q_b", "kv_a_proj": "attn_kv_a_mqa", "kv_b_proj": "attn_kv_b",
           "q_absorb": "attn_kv_b", "o_absorb": "attn_kv_b"}
+
+_COMPRESSOR = "compressor:"
+
+
+def _base_name(op: Operator) -> str:
+    """The operator's name without the prompt compressor's prefix."""
+    return op.name.removeprefix(_COMPRESSOR)
 
 
 @dataclass(frozen=True)
@@ -191,8 +198,9 @@ class _Sim:
         return out
 
     def weight_operand(self, op: Operator) -> Operand:
-        role = _ROLES.get(op.name)
-        if op.name == "lm_head":
+        name = _base_name(op)  # a compressor's layers have the roles (and formats) of the target's
+        role = _ROLES.get(name)
+        if name == "lm_head":
             role = "token_embd" if self.w.model.tied else "output"
         if role not in self.roles:
             raise RidgelineError(f"no weight format known for operator {op.name!r}")
@@ -324,13 +332,16 @@ def _phase(sim: _Sim, phase: Phase) -> AccelPhase:
     i = 0
     while i < len(ops):
         op = ops[i]
-        if op.kind == "attention" and op.name == "qk" and op.shape is not None:
+        if op.kind == "attention" and _base_name(op) == "qk" and op.shape is not None:
             rest = ops[i + 1:i + 3]
-            sm = next((o for o in rest if o.name == "softmax" and o.group == op.group), None)
-            av = next((o for o in rest if o.name == "av" and o.group == op.group), None)
+            sm = next((o for o in rest if _base_name(o) == "softmax" and o.group == op.group), None)
+            av = next((o for o in rest if _base_name(o) == "av" and o.group == op.group), None)
             if av is None:
                 raise RidgelineError(f"attention in {op.group}: QKᵀ without its PV operator")
-            res, st = _attention(sim, phase, op, sm, av)
+            # a prompt compressor reads the whole prompt while the target prefills only what it keeps
+            view = replace(phase, tokens_per_step=sim.w.scenario.batch * sim.w.scenario.prompt) \
+                if op.name.startswith(_COMPRESSOR) else phase
+            res, st = _attention(sim, view, op, sm, av)
             i += 2 + (sm is not None)
         else:
             r, st = (_linear if op.shape is not None else _vector)(sim, phase, op)

@@ -327,8 +327,10 @@ def compressor_ops(comp: Compressor, scenario: Scenario, precision: Precision,
     opts = replace(options, logits="all" if comp.layers is None else "last")
     inner = build_workload(spec, Scenario(P, 0, b), prec, opts)
     ops = [op for op in inner.prefill.ops if comp.layers is None or op.name != "lm_head"]
-    out = [Operator(f"compressor:{op.name}", op.kind, f"compressor {op.group}", op.count, op.flops, op.bytes)
-           for op in ops]
+    # the shapes go along: the accelerator simulator lowers shaped products onto its array, shapeless ones onto the
+    # vector unit (the compressor's layers are the same GEMMs and attention as the target's)
+    out = [Operator(f"compressor:{op.name}", op.kind, f"compressor {op.group}", op.count, op.flops, op.bytes,
+                    shape=op.shape) for op in ops]
     if comp.layers is not None:  # the keep/drop head: [h_t, h_t+1] -> head_hidden -> 1, fp32 weights
         h, k = spec.hidden, comp.head_hidden
         macs = 2 * h * k + k if k else 2 * h
