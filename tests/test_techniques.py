@@ -96,7 +96,8 @@ def test_missing_and_partial_records_say_why(folder):
     assert "partial (complete: false)" in medusa.why["decode_speedup"]
     assert "kv.json" in _row(table, "gqa").why["prefill_speedup"]  # present record, phase not timed
     assert "combos.json missing — run benchmarks/techniques.py --measure" in _row(table, "swa_gqa").why["decode_speedup"]
-    assert "no benchmark runs Medusa on a quantized model" in _row(table, "medusa_int8").why["decode_speedup"]
+    for key in ("int8_paged", "medusa_int8"):
+        assert "combos.json missing — run benchmarks/techniques.py --measure" in _row(table, key).why["decode_speedup"]
     for r in table.rows:  # never a blank cell: every value or its reason
         for key, v in r.values.items():
             assert v is not None or r.why.get(key), (r.key, key)
@@ -315,3 +316,81 @@ def test_compress_and_distill_records_in_their_scripts_shape_are_read(folder):
     assert d.values["decode_speedup"] == pytest.approx(1.5) and d.values["prefill_speedup"] == pytest.approx(1.4)
     assert d.values["memory_ratio"] == pytest.approx(1.5) and d.values["ppl_change"] == pytest.approx(0.25)
     assert (d.values["cloze"], d.values["mc"]) == (0.25, 0.4)
+
+
+def _combos() -> dict:
+    """combos.json as benchmarks/techniques.py --measure writes it (the parts the table reads), countable by hand."""
+    return {"machine": MACHINE, "rows": [
+        {"variant": "base", "ttft_s": _stats(2.0), "decode_tokens_per_s": _stats(10.0)},
+        {"variant": "swa512+gqa1", "ttft_s": _stats(1.0), "decode_tokens_per_s": _stats(12.0)}],
+        "int8_paged": {"baseline": "fp32_sequential_generate", "weights_bytes": {"fp32": 400, "int8": 160}, "rows": [
+            {"system": "fp32_sequential_generate", "throughput_tokens_per_s": _stats(10.0)},
+            {"system": "fp32_engine", "throughput_tokens_per_s": _stats(30.0)},
+            {"system": "int8_engine", "throughput_tokens_per_s": _stats(45.0)}]},
+        "medusa_int8": {"baseline": "fp32_greedy", "rows": [
+            {"system": "fp32_greedy", "decode_tokens_per_s": _stats(20.0), "tokens_per_step": 1.0},
+            {"system": "int8_greedy", "decode_tokens_per_s": _stats(30.0), "tokens_per_step": 1.0},
+            {"system": "int8_medusa_greedy", "decode_tokens_per_s": _stats(50.0), "tokens_per_step": 2.5,
+             "identical_to_greedy": True}],
+            "speculation": {"tokens": 6, "accepted": 2.5, "heads": 3}}}
+
+
+@pytest.fixture()
+def combos_folder(folder) -> Path:
+    quant = json.loads((folder / "quant.json").read_text())
+    quant["rows"] += [{"variant": "fp32", "bytes": 400, "ppl": 30.0}, {"variant": "rtn-w8", "bytes": 160, "ppl": 33.0}]
+    (folder / "quant.json").write_text(json.dumps(quant))
+    (folder / "combos.json").write_text(json.dumps(_combos()))
+    return folder
+
+
+def test_the_combinations_are_read_from_combos_json(combos_folder):
+    table = build_techniques(read_records(combos_folder))
+    sg = _row(table, "swa_gqa")
+    assert sg.values["prefill_speedup"] == pytest.approx(2.0) and sg.values["decode_speedup"] == pytest.approx(1.2)
+    p = _row(table, "int8_paged")
+    assert p.values["decode_speedup"] == pytest.approx(45 / 10)  # int8 engine / fp32 sequential generate
+    assert p.values["memory_ratio"] == pytest.approx(400 / 160) and p.values["ppl_change"] == pytest.approx(0.1)
+    assert p.why["prefill_speedup"].startswith("not measured: combos.json reports end-to-end throughput")
+    assert "sequential" in p.baseline and p.sources["decode_speedup"] == (
+        "combos.json:int8_paged.rows[system=int8_engine].throughput_tokens_per_s.median / "
+        "combos.json:int8_paged.rows[system=fp32_sequential_generate].throughput_tokens_per_s.median")
+    m = _row(table, "medusa_int8")
+    assert m.values["decode_speedup"] == pytest.approx(50 / 20)  # int8 Medusa greedy / fp32 plain greedy
+    assert m.values["memory_ratio"] == pytest.approx(2.5) and m.values["ppl_change"] == pytest.approx(0.1)
+    assert m.notes and m.notes[0].startswith("lossless")
+    base = predict("smollm2-135m", "epyc-zen4-2vcpu", "128:128", weights="fp32", acts="fp32", kv="fp32")
+    spec = predict("smollm2-135m", "epyc-zen4-2vcpu", "128:128", weights="int8_pc", acts="fp32", kv="fp32",
+                   speculation=Speculation(6, 2.5, 3))
+    assert m.values["predicted_decode"] == pytest.approx(spec.decode.tokens_per_s / base.decode.tokens_per_s)
+    assert "combos.json:medusa_int8.speculation" in m.sources["predicted_decode"]
+    for r in (p, m):  # every number traces to what it was computed from
+        for key, src in r.sources.items():
+            if not src.startswith("roofline"):
+                for ref in _refs(src):
+                    resolve(read_records(combos_folder), ref)
+
+
+def test_a_combination_the_record_did_not_measure_says_why(combos_folder):
+    combos = _combos()
+    combos["medusa_int8"] = {"reason": "no Medusa heads in /nowhere (train them with benchmarks/medusa.py)"}
+    (combos_folder / "combos.json").write_text(json.dumps(combos))
+    table = build_techniques(read_records(combos_folder))
+    m = _row(table, "medusa_int8")
+    assert m.why["decode_speedup"] == "not measured: no Medusa heads in /nowhere (train them with benchmarks/medusa.py)"
+    assert isinstance(m.values["predicted_decode"], float)  # predicted with the assumed speculation
+    assert "assumed" in m.sources["predicted_decode"]
+    old = {"machine": MACHINE, "rows": combos["rows"]}  # a combos.json from before the int8 combinations
+    (combos_folder / "combos.json").write_text(json.dumps(old))
+    table = build_techniques(read_records(combos_folder))
+    assert _row(table, "swa_gqa").values["decode_speedup"] == pytest.approx(1.2)
+    for key in ("int8_paged", "medusa_int8"):
+        assert _row(table, key).why["decode_speedup"].startswith("not measured: combos.json lacks combos.json:")
+
+
+def test_scrl_on_the_simulated_harmonia_design_is_a_speedup(folder):
+    """Compressing a 2048-token prompt 2x with a 4-layer scorer shortens Harmonia's prefill (it read x0.13 while
+    the compressor's products were priced on the vector unit)."""
+    table = build_techniques(read_records(folder))
+    v = table.matrix["scrl"]["accel:harmonia"]
+    assert isinstance(v, float) and 1.2 < v < 2.0

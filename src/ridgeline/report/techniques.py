@@ -77,6 +77,7 @@ class Measured:
     mc: str | None = None
     flags: tuple[tuple[str, str], ...] = ()  # (reference to a true/false field, the note it adds when true)
     requires: tuple[str, ...] = ()  # references that must exist (a partial record lacks them)
+    reason: str | None = None  # reference to the record's own account of why it did not measure this part
 
 
 @dataclass(frozen=True)
@@ -151,9 +152,13 @@ _MEDUSA = "medusa.json:decode.medusa_greedy"
 _COMPRESS = "compress.json:timing.rows[method=scrl,rate=2.0,length=2048]"
 _COMPRESS_Q = "compress.json:quality.summary[method=scrl,rate=2.0,length=2048]"
 _DISTILL = "distill.json:rows[kind=kd,optimizer=muon,seed=0]"
-_NO_COMBO = "not measured: no benchmark runs {what} yet"
 _COMBO = "combos.json:rows[variant=swa512+gqa1]"
 _COMBO_BASE = "combos.json:rows[variant=base]"
+_PAGED8 = "combos.json:int8_paged.rows[system=int8_engine]"
+_PAGED8_BASE = "combos.json:int8_paged.rows[system=fp32_sequential_generate]"
+_MEDUSA8 = "combos.json:medusa_int8.rows[system=int8_medusa_greedy]"
+_MEDUSA8_BASE = "combos.json:medusa_int8.rows[system=fp32_greedy]"
+_RTN8_PPL = ("quant.json:rows[variant=rtn-w8].ppl", "quant.json:rows[variant=fp32].ppl")
 
 TECHNIQUES: tuple[Technique, ...] = (
     Technique("llm_int8", "LLM.int8()", "quantization", "decode", Literature("LLM.int8(): ×1.5", 1.5, 1.5),
@@ -243,7 +248,14 @@ TECHNIQUES: tuple[Technique, ...] = (
               Projection(not_applicable="not a Workload change: HLS optimises the kernel's loop schedule on the FPGA")),
     Technique("int8_paged", "int8 model in the paged engine", "combination", "throughput",
               Literature("survey: a quantized model served through vLLM (no figure)"),
-              _NO_COMBO.format(what="a quantized model through the paged engine"),
+              Measured("fp32 model, per-request transformers generate (sequential), the same 16-request trace "
+                       "(combos.json); quality from quant.json (rtn-w8 against fp32)",
+                       "not measured: combos.json reports end-to-end throughput only",
+                       Ratio(f"{_PAGED8}.throughput_tokens_per_s.median",
+                             f"{_PAGED8_BASE}.throughput_tokens_per_s.median"),
+                       weights="combos.json:int8_paged.weights_bytes.int8",
+                       base_weights="combos.json:int8_paged.weights_bytes.fp32", ppl=_RTN8_PPL[0],
+                       base_ppl=_RTN8_PPL[1], reason="combos.json:int8_paged.reason", requires=(_PAGED8,)),
               Projection("256:64", base="fp32", batch=8, weights="int8_pc"), combination=True),
     Technique("swa_gqa", "SWA (W = 512) + GQA (1 KV head)", "combination", "decode",
               Literature("survey: SWA + GQA as in Mistral 7B (no figure)"),
@@ -253,9 +265,18 @@ TECHNIQUES: tuple[Technique, ...] = (
               Projection(**_KV, window=512, kv_heads=1), combination=True),
     Technique("medusa_int8", "Medusa on an int8 model", "combination", "decode",
               Literature("survey: combine decoding and quantization (no figure)"),
-              _NO_COMBO.format(what="Medusa on a quantized model"),
+              Measured("fp32 plain greedy decode, lean torch, the same held-out prompts (combos.json); quality "
+                       "from quant.json (rtn-w8 against fp32)",
+                       "not measured: combos.json times decode only",
+                       Ratio(f"{_MEDUSA8}.decode_tokens_per_s.median", f"{_MEDUSA8_BASE}.decode_tokens_per_s.median"),
+                       weights="combos.json:int8_paged.weights_bytes.int8",
+                       base_weights="combos.json:int8_paged.weights_bytes.fp32", ppl=_RTN8_PPL[0],
+                       base_ppl=_RTN8_PPL[1],
+                       flags=((f"{_MEDUSA8}.identical_to_greedy", "lossless: Medusa's output was identical to the "
+                               "int8 model's plain greedy output, so quality is the int8 model's"),),
+                       reason="combos.json:medusa_int8.reason", requires=(_MEDUSA8,)),
               Projection(base="fp32", weights="int8_pc", speculation=(8, 2.0, 4),
-                         speculation_ref="medusa.json:roofline.speculation"), combination=True),
+                         speculation_ref="combos.json:medusa_int8.speculation"), combination=True),
 )
 
 
@@ -535,6 +556,8 @@ def _measure(t: Technique, records: dict[str, Any]) -> tuple[dict, dict, dict, l
         return {k: None for k in keys}, {}, {k: m for k in keys}, notes
     files = sorted({r.split(":", 1)[0] for r in _refs(m)})
     gone = next((missing_reason(f, records) for f in files if missing_reason(f, records)), None)
+    if gone is None and m.reason is not None and _exists(records, m.reason):
+        gone = f"not measured: {resolve(records, m.reason)}"
     if gone is None:
         missing = [r for r in m.requires if not _exists(records, r)]
         if missing:
