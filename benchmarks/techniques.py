@@ -45,13 +45,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import machine_info  # noqa: E402
 
-from ridgeline.io import write_json  # noqa: E402
+from ridgeline.io import user_dir, write_json  # noqa: E402
 from ridgeline.report import build_techniques, read_records, techniques_json, techniques_markdown  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 LOCK = "/tmp/ridgeline-timing.lock"
 MODEL = "smollm2-135m"
-HEADS = Path("~/.cache/ridgeline/medusa/smollm2-135m-heads").expanduser()
+HEADS = user_dir() / "medusa" / f"{MODEL}-heads"  # where benchmarks/medusa.py keeps them
 
 
 def say(text: str) -> None:
