@@ -492,6 +492,20 @@ def test_unwritable_out_is_found_before_the_model_loads(tmp_path, tiny_model_dir
         one_line_error(run(*args), "file.txt")
 
 
+def test_a_folder_that_takes_no_new_files_is_refused_even_for_root(tmp_path, monkeypatch):
+    """root passes access(W_OK) on /proc and read-only mounts: the check creates (and removes) a probe file."""
+    from ridgeline import io
+
+    def refuse(*a, **k):
+        raise OSError(errno.ENOENT, "No such file or directory")
+
+    monkeypatch.setattr(io.tempfile, "mkstemp", refuse)
+    with pytest.raises(RidgelineError, match=r"cannot write .*e\.json: .* does not take new files"):
+        io.check_output(tmp_path / "e.json")
+    monkeypatch.undo()
+    assert io.check_output(tmp_path / "e.json") == tmp_path / "e.json" and list(tmp_path.iterdir()) == []
+
+
 def _enospc(*args, **kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 

@@ -86,8 +86,9 @@ def check_output(path: str | os.PathLike, kind: str = "file", option: str = "--o
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise RidgelineError(f"{option} {p}: {ancestor} is not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise RidgelineError(f"cannot write {p}: no permission to write in {ancestor}")
+    if not os.access(ancestor, os.W_OK | os.X_OK) or not _can_create_in(ancestor):
+        raise RidgelineError(f"cannot write {p}: {ancestor} does not take new files (no permission, read-only, or a "
+                             "virtual file system such as /proc)")
     if not p.exists():
         return p
     mode = os.stat(p).st_mode
@@ -106,6 +107,18 @@ def check_output(path: str | os.PathLike, kind: str = "file", option: str = "--o
         raise RidgelineError(f"{option} {p} is a folder ridgeline did not write (it holds {shown}); ridgeline never "
                              "deletes files it did not write: choose a new or empty folder, or move them")
     return p
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can really be created in `folder`: root passes access() even on /proc or a read-only mount,
+    so an empty probe file is made and removed at once."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".ridgeline-{os.getpid()}-probe-", suffix=".tmp", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(name)
+    return True
 
 
 def check_outputs(paths: dict[str, tuple[str | os.PathLike | None, str]]) -> None:
