@@ -55,7 +55,7 @@ def rolling_logits(model, ids: torch.Tensor, prefill: int, chunk: int) -> tuple[
             e = min(s + chunk, prefill)
             out.append(model(input_ids=ids[:, s:e], position_ids=torch.arange(s, e)[None], cache=cache).logits[0])
         for i in range(prefill, ids.shape[1]):
-            out.append(model(input_ids=ids[:, i:i + 1], position_ids=torch.tensor([[i]]), past_key_values=cache).logits[0])
+            out.append(model(input_ids=ids[:, i:i + 1], position_ids=torch.tensor([[i]]), cache=cache).logits[0])
     return torch.cat(out), cache
 
 
@@ -71,7 +71,7 @@ def test_window_convention_is_w_keys_including_self(ids):
         assert torch.allclose(hf, llama(ids, attention_mask=window_mask(T, W)).logits, **TOL)
         assert not torch.allclose(hf, llama(ids, attention_mask=window_mask(T, W - 1)).logits, atol=1e-3)
         hf_cache = DynamicCache(config=mistral.config)
-        mistral(ids, past_key_values=hf_cache)
+        mistral(ids, cache=hf_cache)
     assert hf_cache.layers[0].keys.shape[-2] == W - 1
     _, ours = rolling_logits(mistral, ids, prefill=T, chunk=W)
     assert ours.layers[0].keys.shape[-2] == W
@@ -127,7 +127,7 @@ def test_storage_bounded_by_window_and_accounted(ids):
             now = [(lay.keys.data_ptr(), lay.values.data_ptr()) for lay in cache.layers]
             assert ptrs is None or now == ptrs  # the same storage, overwritten in place
             ptrs = now
-            mistral(input_ids=ids[:, t:t + 1], position_ids=torch.tensor([[t]]), past_key_values=cache)
+            mistral(input_ids=ids[:, t:t + 1], position_ids=torch.tensor([[t]]), cache=cache)
     assert cache.get_seq_length() == T
     assert swa_kv_bytes(5, W, L, Hkv, d, 2) == 2 * L * Hkv * d * 5 * 2
     assert swa_kv_bytes(10_000, None, L, Hkv, d, 2) == 2 * L * Hkv * d * 10_000 * 2
@@ -155,7 +155,7 @@ def test_generate_with_rolling_buffer(ids):
     mistral = to_sliding_window(tiny_llama("sdpa"), 8)
     kw = dict(max_new_tokens=20, min_new_tokens=20, do_sample=False, return_dict_in_generate=True, output_logits=True)
     ref = mistral.generate(ids[:, :12], **kw)
-    got = mistral.generate(ids[:, :12], past_key_values=RollingBufferCache.for_model(mistral), **kw)
+    got = mistral.generate(ids[:, :12], cache=RollingBufferCache.for_model(mistral), **kw)
     assert torch.equal(got.sequences, ref.sequences)
     assert torch.allclose(torch.stack(got.logits), torch.stack(ref.logits), **TOL)
 
@@ -355,7 +355,7 @@ def test_cache_filled_under_inference_mode_decodes_after(ids):
     mistral = to_sliding_window(tiny_llama(), 8)
     cache = RollingBufferCache.for_model(mistral)
     with torch.inference_mode():
-        mistral(input_ids=ids[:, :30], past_key_values=cache)
+        mistral(input_ids=ids[:, :30], cache=cache)
     with torch.no_grad():
-        got = mistral(input_ids=ids[:, 30:31], position_ids=torch.tensor([[30]]), past_key_values=cache).logits[0, -1]
+        got = mistral(input_ids=ids[:, 30:31], position_ids=torch.tensor([[30]]), cache=cache).logits[0, -1]
         assert torch.allclose(got, mistral(ids[:, :31]).logits[0, -1], **TOL)

@@ -218,7 +218,7 @@ def test_kivi_generate_equals_greedy_while_nothing_is_quantized():
     kw = {"max_new_tokens": 20, "do_sample": False, "attention_mask": torch.ones_like(ids)}
     ref = model.generate(ids, **kw)
     cache = KIVICache(model, KIVIConfig(bits=4, residual=128))  # R >= 32 tokens: everything stays fp
-    assert torch.equal(model.generate(ids, past_key_values=cache, **kw), ref)
+    assert torch.equal(model.generate(ids, cache=cache, **kw), ref)
     assert cache.layers[0].key_codes.shape[2] == cache.layers[0].value_codes.shape[2] == 0
 
 
@@ -226,7 +226,7 @@ def test_kivi_generate_with_a_small_window_quantizes():
     model = tiny_model()
     ids = random_ids(40, batch=2)
     cache = KIVICache(model, KIVIConfig(bits=2, residual=32))
-    out = model.generate(ids, past_key_values=cache, max_new_tokens=30, do_sample=False,
+    out = model.generate(ids, cache=cache, max_new_tokens=30, do_sample=False,
                          attention_mask=torch.ones_like(ids))
     assert out.shape == (2, 70) and cache.get_seq_length() == 69  # the last token is never fed back
     layer = cache.layers[0]
@@ -240,11 +240,11 @@ def test_kivi_beam_search_and_reset():
     ids = random_ids(10)
     kw = {"max_new_tokens": 8, "do_sample": False, "num_beams": 3, "attention_mask": torch.ones_like(ids)}
     cache = KIVICache(model, KIVIConfig(bits=4, residual=128))
-    assert torch.equal(model.generate(ids, past_key_values=cache, **kw), model.generate(ids, **kw))
+    assert torch.equal(model.generate(ids, cache=cache, **kw), model.generate(ids, **kw))
     assert cache.memory_bytes() > 0
     cache.reset()
     assert cache.get_seq_length() == 0 and cache.memory_bytes() == 0
-    out = model.generate(ids, past_key_values=cache, max_new_tokens=4, do_sample=False)
+    out = model.generate(ids, cache=cache, max_new_tokens=4, do_sample=False)
     assert out.shape == (1, 14) and cache.get_seq_length() == 13
 
 
@@ -370,7 +370,7 @@ def test_harmonia_in_a_model():
     model = tiny_model(seed=0, initializer_range=0.1)
     ids = random_ids(40, batch=2)
     cache = HarmoniaCache(model, HarmoniaConfig(n_sink=4, n_recent=16))
-    out = model.generate(ids, past_key_values=cache, max_new_tokens=10, do_sample=False,
+    out = model.generate(ids, cache=cache, max_new_tokens=10, do_sample=False,
                          attention_mask=torch.ones_like(ids))
     assert out.shape == (2, 50) and cache.get_seq_length() == 49
     assert cache.memory_bytes() == harmonia_bytes(49, 2, 32, 2, cache.config, batch=2)
