@@ -23,10 +23,10 @@ from ridgeline.cli.techniques import OUT_FILES as TECHNIQUE_FILES, demo_techniqu
 from ridgeline.errors import RidgelineError
 
 #: the default demo (a reduced RooflineBench grid, about 5 minutes on 2 idle cores) and `--full` (about 12)
-SIZES = {False: {"grid": "128:32,512:32,128:96", "repeats": 2, "depths": "2,16,all", "max_tokens": 1024,
-                 "cloze_items": 16, "bf16_cloze": False},
+SIZES = {False: {"grid": "128:32,512:32,128:96", "repeats": 2, "depths": "2,16,all", "max_tokens": 768,
+                 "cloze_items": 16, "bf16": False, "probe_repeats": 3, "llamacpp_threads": False},
          True: {"grid": "128:64,512:64,128:256", "repeats": 3, "depths": "2,8,16,all", "max_tokens": 4096,
-                "cloze_items": 50, "bf16_cloze": True}}
+                "cloze_items": 50, "bf16": True, "probe_repeats": 5, "llamacpp_threads": True}}
 #: what the demo writes into its results folder (each file replaced alone; nothing else there is touched)
 DEMO_FILES = ("report.html", "bench.json", "bench.csv", "quality.json", "serve.json", "probe.json", "analyze.json",
               *(f"{stem}{ext}" for stem in ("roofline", "roofline_analytic", "serve_roofline", "depth_layers",
@@ -80,9 +80,13 @@ def _analyze(spec, grid, probe, local, out: Path):
     return predictions, plot
 
 
-def _bench(grid, repeats: int, depths: str, threads: list[int], backends: list[str]):
-    """The main grid, the depth sweep and the thread sweep, measured and placed on the local roof."""
+def _bench(grid, repeats: int, depths: str, threads: list[int], llamacpp: bool, llamacpp_threads: bool):
+    """The main grid (torch, and llama.cpp with `llamacpp`), the depth sweep and the thread sweep (llama.cpp in it
+    only with `llamacpp_threads`), measured and placed on the local roof."""
     from ridgeline.measure import BenchGrid, resolve_roofs
+
+    backends = ["torch"] + (["llamacpp"] if llamacpp else [])
+    thread_backends = backends if llamacpp_threads else ["torch"]
 
     roofs = resolve_roofs("local", "auto")
     main = run_bench_grid(BenchGrid(backends=backends, scenarios=grid, dtypes=["fp32", "bf16"], repeats=repeats),
@@ -90,7 +94,7 @@ def _bench(grid, repeats: int, depths: str, threads: list[int], backends: list[s
     render_bench(main)
     short = dict(scenarios=grid[:1], dtypes=["bf16"], repeats=max(2, repeats - 1))
     depth = run_bench_grid(BenchGrid(layers=layer_list(depths), **short), roofs, "depth sweep")
-    thread = run_bench_grid(BenchGrid(backends=backends, threads=threads, **short), roofs, "thread sweep")
+    thread = run_bench_grid(BenchGrid(backends=thread_backends, threads=threads, **short), roofs, "thread sweep")
     render_bench(depth, "depth sweep (first k layers)")
     render_bench(thread, "thread sweep")
     return main, depth, thread
@@ -119,20 +123,20 @@ def _quantize(grid, repeats: int, folder: Path) -> tuple[list[dict], list[str]]:
     return results, list(variants)
 
 
-def _quality(folder: Path, names: list[str], max_tokens: int, cloze_items: int, bf16_cloze: bool) -> list[dict]:
-    """Held-out perplexity and cloze of fp32, bf16 (its cloze only with `bf16_cloze`: slow on CPUs without bf16
-    matmul) and the quantized folders; perplexity through KV formats."""
+def _quality(folder: Path, names: list[str], max_tokens: int, cloze_items: int, bf16: bool) -> list[dict]:
+    """Held-out perplexity and cloze of fp32, bf16 (only with `bf16`, --full: slow on CPUs without bf16 matmul) and
+    the quantized folders; perplexity through KV formats."""
     from ridgeline.arch import Variant
     from ridgeline.eval import EvalConfig, run_eval
     from ridgeline.report import quality_rows, quality_table
 
-    evals = [("smollm2-135m", d, "", Variant()) for d in ("fp32", "bf16")]
+    evals = [("smollm2-135m", d, "", Variant()) for d in ("fp32", "bf16")[:2 if bf16 else 1]]
     evals += [(str(folder / name), "bf16", name, Variant()) for name in names]
     evals += [("smollm2-135m", "fp32", "", Variant(kv=kv)) for kv in ("kivi4", "kivi2", "harmonia")]
     quality = []
     with progress("eval") as report:
         for model, dtype, name, variant in evals:
-            ppl_only = variant.kv or (dtype == "bf16" and not name and not bf16_cloze)
+            ppl_only = bool(variant.kv)
             cfg = EvalConfig(model, ("ppl",) if ppl_only else ("ppl", "cloze"), dtype=dtype, name=name, context=512,
                              stride=256, max_tokens=max_tokens, cloze_items=cloze_items, batch_size=4,
                              variant=variant)
@@ -177,7 +181,7 @@ def demo(
     out: Path = typer.Option(Path("results/demo"), "--out", "-o", help="results folder"),
     full: bool = typer.Option(False, "--full", help=f"the larger demo (about 12 minutes on 2 cores): grid "
                               f"{SIZES[True]['grid']}, 3 repeats, depths 2,8,16,all, 4096 perplexity tokens, 50 cloze "
-                              "items"),
+                              "items, bf16 perplexity and cloze, llama.cpp in the thread sweep"),
     scenarios: Optional[str] = typer.Option(None, "--scenarios", help=f"the grid (P:N comma list; default "
                                             f"{SIZES[False]['grid']})"),
     repeats: Optional[int] = typer.Option(None, "--repeats", "-r", help="timed repeats per run (default 2)"),
@@ -208,19 +212,19 @@ def demo(
                   + f"; depth sweep {depths} layers and thread sweep {threads} at {grid[0].label}", highlight=False)
     console.rule("1. probe: this machine's roofs")
     for t in [t for t in threads if t != default]:  # roofs for the thread sweep (kept as local-<n>t)
-        run_probe(t, 256, 5, save=True)
-    probe, local, _ = run_probe(default, 256, 5, save=True)  # the default roof, saved as `local`
+        run_probe(t, 256, size["probe_repeats"], save=True)
+    probe, local, _ = run_probe(default, 256, size["probe_repeats"], save=True)  # the default roof, saved as `local`
     console.print(probe_table(probe))
     console.rule("2. analyze: the analytic roofline on the probed roofs; simulated accelerators")
     predictions, analytic_plot = _analyze(spec, grid, probe, local, out)
     console.rule("3. bench: measured runs (load and warm-up excluded)")
-    main, depth, thread = _bench(grid, repeats, depths, threads, ["torch"] + (["llamacpp"] if llamacpp else []))
+    main, depth, thread = _bench(grid, repeats, depths, threads, llamacpp, size["llamacpp_threads"])
     console.rule("4. quantize: int8 and int4 weight-only (lm_head too) on the CPU kernels, measured like the rest")
     folder = Path(tempfile.mkdtemp(prefix="ridgeline-demo-"))
     try:
         quantized, names = _quantize(grid, repeats, folder)
         console.rule("5. quality: held-out perplexity and cloze per variant")
-        quality = _quality(folder, names, size["max_tokens"], size["cloze_items"], size["bf16_cloze"])
+        quality = _quality(folder, names, size["max_tokens"], size["cloze_items"], size["bf16"])
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     console.rule("6. serve: 8 requests (Poisson arrivals) through the paged-KV continuous-batching engine")
