@@ -113,7 +113,7 @@ def _can_create_in(folder: Path) -> bool:
     """Whether a file can really be created in `folder`: root passes access() even on /proc or a read-only mount,
     so an empty probe file is made and removed at once."""
     try:
-        fd, name = tempfile.mkstemp(prefix=f".ridgeline-{os.getpid()}-probe-", suffix=".tmp", dir=folder)
+        fd, name = tempfile.mkstemp(prefix=f".probe.ridgeline-{os.getpid()}-", suffix=".tmp", dir=folder)
     except OSError:
         return False
     os.close(fd)
