@@ -1,13 +1,42 @@
-"""What every benchmark record carries (machine, threads, versions, date) and a repeat-timing helper."""
+"""What every benchmark record carries (machine, threads, versions, date, load), a repeat-timing helper, and the
+machine-wide timing lock the benchmarks that time share (the 2 cores are shared)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import subprocess
+import sys
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 from ridgeline.measure.stats import machine_info, summarize
 
-__all__ = ["machine_info", "timed"]
+__all__ = ["LOCK", "machine_info", "say", "timed", "timing_lock", "uptime"]
+
+LOCK = "/tmp/ridgeline-timing.lock"
+
+
+def say(text: str) -> None:
+    """A timestamped progress line on stderr."""
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def uptime() -> str:
+    """`uptime` as printed (the load averages while the benchmark ran)."""
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+@contextlib.contextmanager
+def timing_lock() -> Iterator[None]:
+    """Hold the machine-wide timing lock for a timing phase (waits while another benchmark times)."""
+    with open(LOCK, "a") as fh:
+        say(f"waiting for {LOCK} ...")
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def timed(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> dict:

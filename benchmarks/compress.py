@@ -30,11 +30,8 @@ Run: .venv/bin/python benchmarks/compress.py [--quick] [--samples 12] [--lengths
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import math
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,34 +39,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import machine_info  # noqa: E402
+from common import LOCK, machine_info, say, timing_lock, uptime  # noqa: E402
 
 from ridgeline.io import user_dir, write_json  # noqa: E402
 
 MODEL = "smollm2-135m"
-LOCK = "/tmp/ridgeline-timing.lock"
 METHODS = ("truncate", "random", "selective", "lingua", "learned", "scrl")
 DEVICES = ("epyc-zen4-2vcpu", "jetson-orin-nano-super-8g", "rtx-3090")
 
 
-def say(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-
-
-@contextlib.contextmanager
-def timing_lock():
-    """The machine-wide timing lock, held for the timing phase only."""
-    with open(LOCK, "a") as f:
-        say(f"waiting for {LOCK}")
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -33,45 +33,25 @@ Run: .venv/bin/python benchmarks/techniques.py [--measure] [--rounds 3] [--threa
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import machine_info  # noqa: E402
+from common import LOCK, machine_info, say, timing_lock, uptime  # noqa: E402
 
 from ridgeline.io import user_dir, write_json  # noqa: E402
 from ridgeline.report import build_techniques, read_records, techniques_json, techniques_markdown  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-LOCK = "/tmp/ridgeline-timing.lock"
 MODEL = "smollm2-135m"
 HEADS = user_dir() / "medusa" / f"{MODEL}-heads"  # where benchmarks/medusa.py keeps them
 
 
-def say(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-
-
-@contextlib.contextmanager
-def timing_lock():
-    """The machine-wide timing lock (other benchmarks share the cores)."""
-    with open(LOCK, "a") as fh:
-        say(f"waiting for {LOCK} ...")
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def measure_swa_gqa(rounds: int, threads: int | None) -> dict:
