@@ -119,6 +119,19 @@ def test_a_complete_medusa_record_is_read_and_predicted_with_its_speculation(fol
     assert "medusa.json:roofline.speculation" in m.sources["predicted_decode"]
 
 
+def test_an_empty_medusa_tree_is_named_in_the_explanation(folder):
+    rec = {"machine": MACHINE, "complete": True, "decode": {"medusa_greedy": {"speedup_vs_greedy_same_path": 1.05}},
+           "roofline": {"speculation": {"tokens": 1, "accepted": 1.0, "heads": 0}}}
+    (folder / "medusa.json").write_text(json.dumps(rec))
+    m = _row(build_techniques(read_records(folder)), "medusa")
+    assert m.values["predicted_decode"] == pytest.approx(1.0)
+    assert "checks 1 token and keeps 1.00" in m.explanation and "decodes as plain greedy" in m.explanation
+    rec["roofline"]["speculation"] = {"tokens": 6, "accepted": 1.1, "heads": 3}  # still outside ×2.35–×2.83 / 2
+    (folder / "medusa.json").write_text(json.dumps(rec))
+    m = _row(build_techniques(read_records(folder)), "medusa")
+    assert "checks 6 tokens and keeps 1.10" in m.explanation and "plain greedy" not in m.explanation
+
+
 def _refs(source: str) -> list[str]:
     return [p.strip() for part in source.split(" / ") for p in part.split(" + ")]
 

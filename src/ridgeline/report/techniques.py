@@ -681,7 +681,7 @@ def build_table(records: dict[str, Any], host: str | DeviceSpec | None = None,
                   else "-", t.literature.text, t.literature.low, t.literature.high, values, sources, why,
                   tuple(notes), None, t.combination)
         if row.outside_band():
-            row = replace(row, explanation=explain(row, pair, dev))
+            row = replace(row, explanation=explain(row, pair, dev, spec_obj))
         rows.append(row)
         matrix[t.key] = _projections(t, spec, devices, designs, spec_obj)
     machine = next((r["machine"] for r in records.values() if isinstance(r, dict) and isinstance(r.get("machine"),
@@ -721,7 +721,8 @@ def _si(x: float, unit: str = "") -> str:
     return f"{x:.3g} {unit}".rstrip()
 
 
-def explain(row: Row, pair: tuple[Prediction, Prediction] | None, device: DeviceSpec | None) -> str:
+def explain(row: Row, pair: tuple[Prediction, Prediction] | None, device: DeviceSpec | None,
+            speculation: Speculation | None = None) -> str:
     """One sentence on why the measured headline speedup sits outside the seed's band, from the prediction."""
     m, lo, hi = row.measured_headline, row.literature_low, row.literature_high
     lit = f"×{lo:g}" if lo == hi else f"×{lo:g}–×{hi:g}"
@@ -752,6 +753,11 @@ def explain(row: Row, pair: tuple[Prediction, Prediction] | None, device: Device
     else:
         why = (f"{phase} is compute-bound at batch {batch} ({b.intensity:.3g} FLOP/B, above the ridge's "
                f"{ridge:.3g} FLOP/B), so its time follows FLOPs ({_si(b.flops)} → {_si(t.flops)}), not bytes")
+    if speculation is not None:
+        # a speculative row's bytes per token fall only through the tokens accepted per verify step
+        why += (f"; each verify step checks {speculation.tokens} token{'s' if speculation.tokens != 1 else ''} and "
+                f"keeps {speculation.accepted:.2f}" + (" (the measured tree verifies no speculative token, so it "
+                                                      "decodes as plain greedy)" if speculation.accepted <= 1.0 else ""))
     pred = row.predicted_headline
     tail = f"the roofline predicts ×{pred:.2f}" if pred is not None else "the roofline predicts no change"
     gap = ""
