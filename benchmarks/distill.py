@@ -93,7 +93,7 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=1.0)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--quantize", default="gptq-w4g128")
-    ap.add_argument("--speed-impl", default="lean", help="ridgeline.measure torch path for decode tok/s")
+    ap.add_argument("--speed-impl", default="auto", help="ridgeline.measure torch path for decode tok/s (auto: native where it runs)")
     ap.add_argument("--threads", type=int, default=None, help="threads of the decode-speed runs (default: torch's)")
     ap.add_argument("--torch-threads", type=int, default=None,
                     help="torch threads for the whole run (default: torch's; on a machine crowded by other "

@@ -100,7 +100,7 @@ def distill(
     heldout_len: int = typer.Option(256, "--heldout-len", help="tokens per held-out window"),
     mc_items: int = typer.Option(100, "--mc-items", help="next-line multiple-choice items"),
     cloze_items: int = typer.Option(64, "--cloze-items", help="cloze items"),
-    speed_impl: str = typer.Option("lean", "--speed-impl", help="measured decode path for tok/s: lean, hf or auto"),
+    speed_impl: str = typer.Option("auto", "--speed-impl", help="measured decode path for tok/s: auto (native where it runs, else lean), native, lean or hf"),
     no_speed: bool = typer.Option(False, "--no-speed", help="skip the decode-speed measurement"),
     search: int = typer.Option(0, "--search", help="Optuna trials per optimizer over lr, T, alpha and rank before the KD runs (needs ridgeline[search])"),
     search_steps: Optional[int] = typer.Option(None, "--search-steps", help="training steps per trial (default: half of --steps)"),

@@ -120,7 +120,7 @@ class EvalSettings:
 class SpeedSettings:
     """Decode speed of every stage: which measured path, scenario, rounds interleaved across stages."""
 
-    impl: str = "lean"  # the ridgeline.measure torch path (lean: the fastest until the native path lands)
+    impl: str = "auto"  # the ridgeline.measure torch path: auto takes the native kernels where they run, else lean
     prompt: int = 64
     generate: int = 32
     rounds: int = 3
