@@ -9,7 +9,7 @@ medians and every sample stay in the record, and a median far below the best is 
 Compute: square GEMMs per dtype, FLOPs = 2·n³, sized so one run takes long enough to time, on every
 kernel here that multiplies in that dtype (torch.mm, F.linear, `torch._int_mm` for int8, and ridgeline's
 native kernels when built); the roof is the fastest, and the record names it and lists the others (a
-roof from torch.mm alone put bf16 at 1.4 GFLOP/s on an AVX2 CPU where a bf16 prefill ran at 64).
+roof from torch.mm alone put bf16 at 1.4 GFLOP/s on an AVX2 CPU where a bf16 prefill ran 64 GFLOP/s).
 Decode's kernel: batch-1 matrix-vector products over weights larger than the cache, per weight dtype,
 on F.linear and the native kernels, the faster kept (named); where it streams below the memory roof,
 predictions use its rate for weight bytes (Φ still uses the memory roof). RooflineBench's probe timed

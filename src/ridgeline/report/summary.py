@@ -47,8 +47,9 @@ def summary_report(title: str, probe: dict | None, predictions: Sequence[dict], 
                          Column("n", "size"),
                          Column("median", "median", lambda v: si(v, "FLOP/s")),
                          Column("min", "min", lambda v: si(v, "FLOP/s")), Column("max", "max", lambda v: si(v, "FLOP/s")),
-                         Column("repeats", "n")], caption="the compute roof per dtype is the best sample of the fastest kernel tried "
-                                                      "(torch.mm, F.linear, torch._int_mm, ridgeline native)")
+                         Column("repeats", "n")],
+                  caption="the compute roof per dtype is the best sample of the fastest kernel tried (torch.mm, "
+                          "F.linear, torch._int_mm, ridgeline native)")
         rows = [{"dtype": k, "engine": probe.get("gemv_engines", {}).get(k, "F.linear"), **v}
                 for k, v in probe.get("gemv_Bps", {}).items()]
         rep.table(rows, [Column("GEMV weights", "dtype", left=True), Column("kernel", "engine", left=True),
