@@ -354,16 +354,24 @@ def test_ctrl_c_stops_the_local_cluster_and_leaves_no_output():
     code = "from ridgeline.cli import app; app(%r)" % (["fleet", "probe", "--cluster", "local:1", "--out", str(out)],)
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "TMPDIR": short},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
     try:
+        # interrupt once the task is on the cluster: the driver then waits on it (on a loaded machine the
+        # cluster's start can take long enough that a fixed delay interrupted `ray.init` itself)
         end = time.time() + 120
-        while time.time() < end and not glob.glob(f"{short}/rlray-*/ray/session_*/sockets/raylet"):
-            assert proc.poll() is None, proc.communicate()
+        while time.time() < end and not any("submitted" in line for line in lines):
+            assert proc.poll() is None, "".join(lines)
             time.sleep(0.2)
-        time.sleep(2)  # the node task is starting or running
+        assert glob.glob(f"{short}/rlray-*/ray/session_*/sockets/raylet")
+        time.sleep(1)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
     finally:
         proc.kill()
+    err = "".join(lines)
     assert proc.returncode == 130 and "interrupted" in err, err
     assert not out.exists() and os.listdir(short) == []  # no results, no temporary file, Ray's folder removed
     time.sleep(1)
