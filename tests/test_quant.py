@@ -179,7 +179,7 @@ def test_gptq_beats_rtn_on_a_model():
     for name, config in (("rtn", RTNConfig(bits=3, group=32)), ("gptq", GPTQConfig(bits=3, group=32))):
         m = _tiny()
         quantize_(m, config, calibration=ids)
-        errs[name] = float((m(ids).logits - ref).norm())
+        errs[name] = float((m(ids).logits - ref).detach().norm())
     assert errs["gptq"] < 0.8 * errs["rtn"]
 
 
