@@ -187,8 +187,7 @@ def gemm_peak(dtype: str, repeats: int, warmup: int, max_n: int = 2048,
     """GEMM FLOP/s (OP/s for int8) for `dtype` on its fastest kernel here: per kernel, grow the square size
     until one call takes `min_time_s`, then time it. Returns the best kernel's samples, size and engine
     name, and every kernel's best rate (the record shows what each reaches)."""
-    best: tuple[Stat, int, str] | None = None
-    rates: dict[str, float] = {}
+    stats, sizes = {}, {}
     for engine in _gemm_engines(dtype):
         n = 256
         while True:
@@ -197,13 +196,16 @@ def gemm_peak(dtype: str, repeats: int, warmup: int, max_n: int = 2048,
             if t >= min_time_s or n >= max_n:
                 break
             n *= 2
-        stat = summarize([2.0 * n**3 / s for s in _time(fn, repeats, warmup)])
         name = f"ridgeline native ({'int8 W8A8' if dtype == 'int8' else dtype})" if engine == "native" else engine
-        rates[name] = stat.max
-        if best is None or stat.max > best[0].max:
-            best = (stat, n, name)
-    assert best is not None  # torch's own kernels are always tried
-    return best[0], best[1], best[2], rates
+        stats[name], sizes[name] = summarize([2.0 * n**3 / s for s in _time(fn, repeats, warmup)]), n
+    name, best, rates = _fastest(stats)
+    return best, sizes[name], name, rates
+
+
+def _fastest(stats: dict[str, Stat]) -> tuple[str, Stat, dict[str, float]]:
+    """The kernel with the best sample among `stats` (name -> samples), its samples, and every kernel's best."""
+    name = max(stats, key=lambda k: stats[k].max)
+    return name, stats[name], {k: s.max for k, s in stats.items()}
 
 
 def gemv_rate(dtype: str, total_bytes: int, repeats: int, warmup: int, engine: str = "F.linear") -> Stat:
@@ -268,8 +270,7 @@ def probe(threads: int | None = None, array_mib: int = 512, repeats: int = 7, wa
                     progress(f"GEMV {d}", i, len(GEMV_DTYPES))
                 tried = {("ridgeline native" if e == "native" else e): gemv_rate(d, array_bytes, repeats, warmup, e)
                          for e in ("F.linear",) + (("native",) if available() else ())}
-                gemv_engines[d] = max(tried, key=lambda e: tried[e].max)
-                gemv[d], gemv_candidates[d] = tried[gemv_engines[d]], {e: st.max for e, st in tried.items()}
+                gemv_engines[d], gemv[d], gemv_candidates[d] = _fastest(tried)
     for name, s in {**bw, **gemm, **{f"gemv_{k}": v for k, v in gemv.items()}}.items():
         if s.max and s.median / s.max < 0.75:
             warnings.append(f"{name}: median is {s.median / s.max:.0%} of the best sample (noisy machine?)")
