@@ -8,13 +8,26 @@ import fcntl
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Callable, Iterator
 
 from ridgeline.measure.stats import machine_info, summarize
 
-__all__ = ["LOCK", "machine_info", "say", "timed", "timing_lock", "uptime"]
+__all__ = ["LOCK", "machine_info", "record_path", "say", "timed", "timing_lock", "uptime"]
 
 LOCK = "/tmp/ridgeline-timing.lock"
+
+
+def record_path(path: Path | str) -> str:
+    """A path as a committed record may hold it: relative to the repository, or under $RIDGELINE_HOME, never the
+    machine's absolute path (kept as given only when it is neither)."""
+    from ridgeline.io import user_dir
+
+    p = Path(path).resolve()
+    for base, label in ((Path(__file__).resolve().parent.parent, ""), (user_dir().resolve(), "$RIDGELINE_HOME/")):
+        if p.is_relative_to(base):
+            return label + str(p.relative_to(base))
+    return str(path)
 
 
 def say(text: str) -> None:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import LOCK, machine_info, say, timing_lock, uptime  # noqa: E402
+from common import LOCK, machine_info, record_path, say, timing_lock, uptime  # noqa: E402
 
 from ridgeline.io import user_dir, write_json  # noqa: E402
 
@@ -78,7 +78,7 @@ def scorers(model, tok, args) -> tuple[Path, Path, dict]:
     for name, folder in (("learned", learned), ("scrl", scrl)):
         rec = read_scorer_manifest(folder)
         r = rec.get("record") or {}
-        records[name] = {"folder": str(folder), "layers": rec["layers"], "head_hidden": rec["head_hidden"],
+        records[name] = {"folder": record_path(folder), "layers": rec["layers"], "head_hidden": rec["head_hidden"],
                          "config": r.get("config"), "steps": r.get("step"), "labels": r.get("labels"),
                          "curve": r.get("curve")}
     return learned, scrl, records

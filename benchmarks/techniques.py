@@ -40,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import LOCK, machine_info, say, timing_lock, uptime  # noqa: E402
+from common import LOCK, machine_info, record_path, say, timing_lock, uptime  # noqa: E402
 
 from ridgeline.io import user_dir, write_json  # noqa: E402
 from ridgeline.report import build_techniques, read_records, techniques_json, techniques_markdown  # noqa: E402
@@ -276,7 +276,7 @@ def main() -> None:
     records = read_records(a.results)
     table = build_techniques(records)
     record = {"benchmark": "techniques", "machine": start["machine"], "uptime": start["uptime"],
-              "results_folder": str(a.results),
+              "results_folder": record_path(a.results),
               "records_read": {name: {"machine": rec.get("machine", {}).get("cpu") if isinstance(rec.get("machine"),
                                                                                                   dict) else None,
                                       "date": rec.get("machine", {}).get("date") if isinstance(rec.get("machine"),
