@@ -45,16 +45,6 @@ def test_probe_numbers_are_positive_and_sane(small_probe):
     assert r.bandwidth["triad"].max >= slowest_read / 3
     assert {"fp32", "bf16", "fp16", "int8"} <= set(r.gemm)
     assert all(s.median > 0 for s in r.gemm.values())
-    # each dtype's roof is its fastest kernel, named; every kernel tried is in the record
-    from ridgeline.kernels import available
-
-    for d, s in r.gemm.items():
-        assert s.max == max(r.gemm_candidates[d].values()) == r.gemm_candidates[d][r.gemm_engines[d]]
-    assert {"torch.mm", "F.linear"} <= set(r.gemm_candidates["bf16"]) and "torch._int_mm" in r.gemm_candidates["int8"]
-    assert ("ridgeline native (int8 W8A8)" in r.gemm_candidates["int8"]) == available()
-    for d, s in r.gemv.items():
-        assert s.max == max(r.gemv_candidates[d].values()) == r.gemv_candidates[d][r.gemv_engines[d]]
-        assert ("ridgeline native" in r.gemv_candidates[d]) == available()
     assert r.threads == 1 and r.machine["cpu"] and r.machine["versions"]["torch"]
     assert any("cache-resident" in w for w in r.warnings)  # 32 MiB arrays: the probe says so
 

@@ -29,14 +29,13 @@ def run_probe(threads: Optional[int], array_mib: int, repeats: int, save: bool):
 @app.command("probe")
 @command
 def probe_command(
-    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="threads of torch and the native kernels (default: torch's setting)"),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="torch threads (default: torch's setting)"),
     array_mib: int = typer.Option(512, "--array-mib", help="size of each bandwidth array, MiB (far above the LLC)"),
     repeats: int = typer.Option(7, "--repeats", "-r", help="timed repeats per kernel (after 2 warm-ups)"),
     save: bool = typer.Option(True, "--save/--no-save", help="save as the 'local' device for --device local"),
     as_json: bool = typer.Option(False, "--json", help="print the full probe record as JSON"),
 ) -> None:
-    """Measure this machine's roofs: read/copy/triad bandwidth, GEMM peaks (fp32, bf16, fp16, int8), GEMV rates,
-    each on the fastest kernel here (torch or ridgeline native)."""
+    """Measure this machine's roofs: read/copy/triad bandwidth, GEMM peaks (fp32, bf16, fp16, int8), GEMV rates."""
     from ridgeline.report import probe_table
 
     result, device, path = run_probe(threads, array_mib, repeats, save)

@@ -6,14 +6,11 @@ is not counted, as in STREAM. Outputs are preallocated, each kernel is warmed up
 The roofs are ceilings, so they take the best sample (noise on a shared machine only ever slows a
 kernel down): bandwidth from the best read-only kernel (decode reads weights), peaks per dtype;
 medians and every sample stay in the record, and a median far below the best is warned about.
-Compute: square GEMMs per dtype, FLOPs = 2·n³, sized so one run takes long enough to time, on every
-kernel here that multiplies in that dtype (torch.mm, F.linear, `torch._int_mm` for int8, and ridgeline's
-native kernels when built); the roof is the fastest, and the record names it and lists the others (a
-roof from torch.mm alone put bf16 at 1.4 GFLOP/s on an AVX2 CPU where a bf16 prefill ran 64 GFLOP/s).
-Decode's kernel: batch-1 matrix-vector products over weights larger than the cache, per weight dtype,
-on F.linear and the native kernels, the faster kept (named); where it streams below the memory roof,
-predictions use its rate for weight bytes (Φ still uses the memory roof). RooflineBench's probe timed
-10 matmuls with no warm-up and counted 2 of the triad's 3 streams; this one does neither.
+Compute: square GEMMs per dtype (int8 through `torch._int_mm`), FLOPs = 2·n³, sized so one run
+takes long enough to time. Decode's kernel: batch-1 matrix-vector products over weights larger than the
+cache, per weight dtype; where torch's GEMV streams below the memory roof, predictions use its rate
+for weight bytes (Φ still uses the memory roof). RooflineBench's probe timed 10 matmuls with no warm-up and counted
+2 of the triad's 3 streams; this one does neither.
 """
 
 from __future__ import annotations
@@ -52,10 +49,6 @@ class ProbeResult:
     machine: dict
     memory_bytes: float
     warnings: tuple[str, ...] = field(default_factory=tuple)
-    gemm_engines: dict[str, str] = field(default_factory=dict)  # the kernel that set each dtype's peak
-    gemm_candidates: dict[str, dict[str, float]] = field(default_factory=dict)  # best FLOP/s of every kernel tried
-    gemv_engines: dict[str, str] = field(default_factory=dict)  # the kernel that set each weight dtype's GEMV rate
-    gemv_candidates: dict[str, dict[str, float]] = field(default_factory=dict)  # best B/s of every GEMV kernel
 
     @property
     def read_bandwidth(self) -> float:
@@ -72,9 +65,7 @@ class ProbeResult:
         return {"threads": self.threads, "array_bytes": self.array_bytes,
                 "bandwidth_Bps": {k: v.to_json() for k, v in self.bandwidth.items()},
                 "gemm_flops": {k: v.to_json() for k, v in self.gemm.items()},
-                "gemm_sizes": self.gemm_sizes, "gemm_engines": self.gemm_engines,
-                "gemm_candidates": self.gemm_candidates, "gemv_engines": self.gemv_engines,
-                "gemv_candidates": self.gemv_candidates, "gemv_Bps": {k: v.to_json() for k, v in self.gemv.items()},
+                "gemm_sizes": self.gemm_sizes, "gemv_Bps": {k: v.to_json() for k, v in self.gemv.items()},
                 "memory_bytes": self.memory_bytes,
                 "roof": {"bandwidth_Bps": self.read_bandwidth, "peak_flops": self.peaks},
                 "warnings": list(self.warnings), "machine": self.machine}
@@ -144,74 +135,35 @@ def bandwidth_kernels(array_bytes: int, repeats: int, warmup: int,
     return out
 
 
-def _gemm_engines(dtype: str) -> tuple[str, ...]:
-    """The kernels here that multiply in `dtype`: torch.mm, F.linear (the layout a linear layer uses; torch
-    dispatches the two differently: bf16 on a CPU without AVX-512 BF16 runs torch.mm ~7× slower than
-    F.linear) and, when built, ridgeline's native kernels (f32 and bf16 weights; int8 weights with int8
-    activation blocks, the W8A8 path every quantized native format takes)."""
-    from ridgeline.kernels import available
-
-    torch_ = ("torch._int_mm",) if dtype == "int8" else ("torch.mm", "F.linear")
-    return torch_ + (("native",) if available() and dtype != "fp16" else ())
-
-
-def _gemm_call(dtype: str, engine: str, n: int) -> Callable[[], object]:
-    """One n×n×n multiplication in `dtype` on `engine` (see _gemm_engines), ready to time."""
+def _gemm_call(dtype: str, n: int) -> Callable[[], object]:
     import torch
-    import torch.nn.functional as F
 
-    if engine == "native":
-        from ridgeline.kernels import PackedLinear
-
-        if dtype == "int8":
-            codes = torch.randint(0, 256, (n, n), dtype=torch.uint8)
-            packed = PackedLinear.from_int(codes, torch.full((n, 1), 0.01), torch.full((n, 1), 128.0), 8, 0)
-        else:
-            packed = PackedLinear.from_float(torch.randn(n, n), "f32" if dtype == "fp32" else "bf16")
-        xf, yf = torch.randn(n, n), torch.empty(n, n)
-        return lambda: packed(xf, out=yf)
     if dtype == "int8":
         x = torch.randint(-64, 64, (n, n), dtype=torch.int8)
         w = torch.randint(-64, 64, (n, n), dtype=torch.int8)
         return lambda: torch._int_mm(x, w)
     td = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     x, w = torch.randn(n, n).to(td), torch.randn(n, n).to(td)
-    if engine == "F.linear":
-        return lambda: F.linear(x, w)
     out = torch.empty(n, n, dtype=td)
     return lambda: torch.mm(x, w, out=out)
 
 
-def gemm_peak(dtype: str, repeats: int, warmup: int, max_n: int = 2048,
-              min_time_s: float = 0.05) -> tuple[Stat, int, str, dict[str, float]]:
-    """GEMM FLOP/s (OP/s for int8) for `dtype` on its fastest kernel here: per kernel, grow the square size
-    until one call takes `min_time_s`, then time it. Returns the best kernel's samples, size and engine
-    name, and every kernel's best rate (the record shows what each reaches)."""
-    stats, sizes = {}, {}
-    for engine in _gemm_engines(dtype):
-        n = 256
-        while True:
-            fn = _gemm_call(dtype, engine, n)
-            t = min(_time(fn, 2, 1))
-            if t >= min_time_s or n >= max_n:
-                break
-            n *= 2
-        name = f"ridgeline native ({'int8 W8A8' if dtype == 'int8' else dtype})" if engine == "native" else engine
-        stats[name], sizes[name] = summarize([2.0 * n**3 / s for s in _time(fn, repeats, warmup)]), n
-    name, best, rates = _fastest(stats)
-    return best, sizes[name], name, rates
+def gemm_peak(dtype: str, repeats: int, warmup: int, max_n: int = 2048, min_time_s: float = 0.05) -> tuple[Stat, int]:
+    """GEMM FLOP/s (OP/s for int8) for `dtype`: grow the square size until one call takes `min_time_s`."""
+    n = 256
+    while True:
+        fn = _gemm_call(dtype, n)
+        t = min(_time(fn, 2, 1))
+        if t >= min_time_s or n >= max_n:
+            break
+        n *= 2
+    samples = _time(fn, repeats, warmup)
+    return summarize([2.0 * n**3 / s for s in samples]), n
 
 
-def _fastest(stats: dict[str, Stat]) -> tuple[str, Stat, dict[str, float]]:
-    """The kernel with the best sample among `stats` (name -> samples), its samples, and every kernel's best."""
-    name = max(stats, key=lambda k: stats[k].max)
-    return name, stats[name], {k: s.max for k, s in stats.items()}
-
-
-def gemv_rate(dtype: str, total_bytes: int, repeats: int, warmup: int, engine: str = "F.linear") -> Stat:
-    """Weight bytes per second of a batch-1 matrix-vector product (decode's kernel) on `engine` ("F.linear"
-    or "native") over `total_bytes` of 8192×2048 weights, more than the last-level cache holds, each used once
-    per pass. Bytes are the weights' own (2 or 4 per value), as the Workload counts them."""
+def gemv_rate(dtype: str, total_bytes: int, repeats: int, warmup: int) -> Stat:
+    """Weight bytes per second of batch-1 `F.linear` (decode's matrix-vector product) over `total_bytes` of
+    8192×2048 weights, more than the last-level cache holds, each used once per pass."""
     import torch
     import torch.nn.functional as F
 
@@ -219,25 +171,13 @@ def gemv_rate(dtype: str, total_bytes: int, repeats: int, warmup: int, engine: s
     n, k = 8192, 2048
     per = n * k * td.itemsize
     ws = [torch.randn(n, k).to(td) for _ in range(max(2, total_bytes // per))]
-    count = len(ws)
-    if engine == "native":
-        from ridgeline.kernels import PackedLinear
+    x = torch.randn(1, k).to(td)
 
-        packed = [PackedLinear.from_float(w, "f32" if dtype == "fp32" else "bf16") for w in ws]
-        del ws
-        xf, yf = torch.randn(1, k), torch.empty(1, n)
+    def one_pass() -> None:
+        for w in ws:
+            F.linear(x, w)
 
-        def one_pass() -> None:
-            for p in packed:
-                p(xf, out=yf)
-    else:
-        x = torch.randn(1, k).to(td)
-
-        def one_pass() -> None:
-            for w in ws:
-                F.linear(x, w)
-
-    return summarize([count * per / t for t in _time(one_pass, repeats, warmup)])
+    return summarize([len(ws) * per / t for t in _time(one_pass, repeats, warmup)])
 
 
 def probe(threads: int | None = None, array_mib: int = 512, repeats: int = 7, warmup: int = 2,
@@ -256,42 +196,20 @@ def probe(threads: int | None = None, array_mib: int = 512, repeats: int = 7, wa
         warnings.append(f"arrays of {array_bytes / 2**20:.0f} MiB may be cache-resident; bandwidth may be inflated")
     with torch_threads(threads) as used:
         bw = bandwidth_kernels(array_bytes, repeats, warmup, progress)
-        gemm, sizes, engines, candidates = {}, {}, {}, {}
-        gemv, gemv_engines, gemv_candidates = {}, {}, {}
-        with _native_threads(used):
-            for i, d in enumerate(dtypes):
-                if progress:
-                    progress(f"GEMM {d}", i, len(dtypes))
-                gemm[d], sizes[d], engines[d], candidates[d] = gemm_peak(d, max(3, repeats // 2), warmup)
-            from ridgeline.kernels import available
-
-            for i, d in enumerate(GEMV_DTYPES):
-                if progress:
-                    progress(f"GEMV {d}", i, len(GEMV_DTYPES))
-                tried = {("ridgeline native" if e == "native" else e): gemv_rate(d, array_bytes, repeats, warmup, e)
-                         for e in ("F.linear",) + (("native",) if available() else ())}
-                gemv_engines[d], gemv[d], gemv_candidates[d] = _fastest(tried)
+        gemm, sizes = {}, {}
+        for i, d in enumerate(dtypes):
+            if progress:
+                progress(f"GEMM {d}", i, len(dtypes))
+            gemm[d], sizes[d] = gemm_peak(d, max(3, repeats // 2), warmup)
+        gemv = {}
+        for i, d in enumerate(GEMV_DTYPES):
+            if progress:
+                progress(f"GEMV {d}", i, len(GEMV_DTYPES))
+            gemv[d] = gemv_rate(d, array_bytes, repeats, warmup)
     for name, s in {**bw, **gemm, **{f"gemv_{k}": v for k, v in gemv.items()}}.items():
         if s.max and s.median / s.max < 0.75:
             warnings.append(f"{name}: median is {s.median / s.max:.0%} of the best sample (noisy machine?)")
-    return ProbeResult(used, array_bytes, bw, gemm, sizes, gemv, machine_info(), mem, tuple(warnings), engines,
-                       candidates, gemv_engines, gemv_candidates)
-
-
-@contextlib.contextmanager
-def _native_threads(n: int) -> Iterator[None]:
-    """The native pool at `n` threads for a block (the probe's count), restored after; a no-op without it."""
-    from ridgeline.kernels import available, get_num_threads, set_num_threads
-
-    if not available():
-        yield
-        return
-    before = get_num_threads()
-    set_num_threads(n)
-    try:
-        yield
-    finally:
-        set_num_threads(before)
+    return ProbeResult(used, array_bytes, bw, gemm, sizes, gemv, machine_info(), mem, tuple(warnings))
 
 
 def probe_lock() -> contextlib.AbstractContextManager:
@@ -317,7 +235,7 @@ def probe_device(result: ProbeResult, device_id: str = "local") -> DeviceSpec:
         memory_bytes=result.memory_bytes, bandwidth_Bps=bw, peak_flops=peaks,
         provenance=Provenance("measured", f"ridgeline probe {machine_info(('ridgeline',))['versions']['ridgeline']}",
                               _dt.date.today().isoformat(), notes),
-        engines={d: result.gemm_engines.get(d, "torch._int_mm" if d == "int8" else "torch.mm") for d in peaks},
+        engines={d: ("torch._int_mm" if d == "int8" else "torch.mm") for d in peaks},
         threads=result.threads, gemv_Bps={d: s.max for d, s in result.gemv.items()})
 
 

@@ -41,19 +41,13 @@ def summary_report(title: str, probe: dict | None, predictions: Sequence[dict], 
                          Column("min", "min", lambda v: si(v, "B/s")), Column("max", "max", lambda v: si(v, "B/s")),
                          Column("repeats", "n")],
                   caption="copy counts 1 read + 1 write, triad 2 reads + 1 write; the roof is the best sample of a read kernel")
-        rows = [{"dtype": k, "size": probe["gemm_sizes"][k], "engine": probe.get("gemm_engines", {}).get(k, "torch"),
-                 **v} for k, v in probe["gemm_flops"].items()]
-        rep.table(rows, [Column("GEMM dtype", "dtype", left=True), Column("kernel", "engine", left=True),
-                         Column("n", "size"),
+        rows = [{"dtype": k, "size": probe["gemm_sizes"][k], **v} for k, v in probe["gemm_flops"].items()]
+        rep.table(rows, [Column("GEMM dtype", "dtype", left=True), Column("n", "size"),
                          Column("median", "median", lambda v: si(v, "FLOP/s")),
                          Column("min", "min", lambda v: si(v, "FLOP/s")), Column("max", "max", lambda v: si(v, "FLOP/s")),
-                         Column("repeats", "n")],
-                  caption="the compute roof per dtype is the best sample of the fastest kernel tried (torch.mm, "
-                          "F.linear, torch._int_mm, ridgeline native)")
-        rows = [{"dtype": k, "engine": probe.get("gemv_engines", {}).get(k, "F.linear"), **v}
-                for k, v in probe.get("gemv_Bps", {}).items()]
-        rep.table(rows, [Column("GEMV weights", "dtype", left=True), Column("kernel", "engine", left=True),
-                         Column("median", "median", lambda v: si(v, "B/s")),
+                         Column("repeats", "n")], caption="the compute roof per dtype is its best sample")
+        rows = [{"dtype": k, **v} for k, v in probe.get("gemv_Bps", {}).items()]
+        rep.table(rows, [Column("GEMV weights", "dtype", left=True), Column("median", "median", lambda v: si(v, "B/s")),
                          Column("min", "min", lambda v: si(v, "B/s")), Column("max", "max", lambda v: si(v, "B/s")),
                          Column("repeats", "n")],
                   caption="batch-1 matrix-vector (decode's kernel), weight bytes per second; predictions stream "

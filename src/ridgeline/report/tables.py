@@ -129,13 +129,11 @@ def probe_table(result) -> Table:
         t.add_row(name, si(s.median, "B/s"), si(s.min, "B/s"), si(s.max, "B/s"), f"{s.spread:.0%}", note)
     for d, s in result.gemm.items():
         n = result.gemm_sizes[d]
-        others = ", ".join(f"{e} {si(r, 'FLOP/s')}" for e, r in result.gemm_candidates.get(d, {}).items()
-                           if e != result.gemm_engines.get(d))
         t.add_row(f"GEMM {d}", si(s.median, "FLOP/s"), si(s.min, "FLOP/s"), si(s.max, "FLOP/s"), f"{s.spread:.0%}",
-                  f"{n}×{n}×{n} {result.gemm_engines.get(d, '')}" + (f" (also tried: {others})" if others else ""))
+                  f"{n}×{n}×{n}" + (" torch._int_mm" if d == "int8" else ""))
     for d, s in result.gemv.items():
         t.add_row(f"GEMV {d}", si(s.median, "B/s"), si(s.min, "B/s"), si(s.max, "B/s"), f"{s.spread:.0%}",
-                  f"batch-1 {result.gemv_engines.get(d, 'F.linear')}, weight bytes/s (decode's kernel)")
+                  "batch-1 F.linear, weight bytes/s (decode's kernel)")
     return t
 
 
