@@ -75,24 +75,31 @@ def collect(ray: Any, refs: dict, names: list[str], progress: Progress | None = 
     """Wait for every object ref of `refs` (ref -> task name) as it finishes; Ctrl-C cancels the rest."""
     from ray.exceptions import RayError
 
+    from ridgeline.io import deferred_sigint
+
     out, total, pending = TaskResults(list(names)), len(refs), list(refs)
     if progress:
         progress("submitted", 0, total)
     try:
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)  # short: Ctrl-C stays responsive
-            for ref in ready:
-                name = refs[ref]
-                try:
-                    out.values[name] = value = ray.get(ref)
-                except RayError as exc:  # the function raised, or its worker/node died after every retry
-                    out.failed.append(TaskFailure(name, *_why(exc)))
-                else:
-                    if on_result:
-                        on_result(name, value)
-                if progress:
-                    state = "done" if name in out.values else "failed"
-                    progress(f"{name} {state}", len(out.values) + len(out.failed), total)
+        # Ctrl-C sets a flag checked between waits, never an exception raised inside ray.wait: a SIGINT that
+        # arrived while the driver waited there has been lost under load (the run went on to finish, exit 0)
+        with deferred_sigint() as interrupted:
+            while pending or interrupted():
+                if interrupted():
+                    raise KeyboardInterrupt
+                ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)  # short: Ctrl-C stays responsive
+                for ref in ready:
+                    name = refs[ref]
+                    try:
+                        out.values[name] = value = ray.get(ref)
+                    except RayError as exc:  # the function raised, or its worker/node died after every retry
+                        out.failed.append(TaskFailure(name, *_why(exc)))
+                    else:
+                        if on_result:
+                            on_result(name, value)
+                    if progress:
+                        state = "done" if name in out.values else "failed"
+                        progress(f"{name} {state}", len(out.values) + len(out.failed), total)
     except BaseException:
         for ref in pending:
             with contextlib.suppress(Exception):
