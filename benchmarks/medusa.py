@@ -2,8 +2,8 @@
 chosen from this machine's verify-cost curve, greedy equality, and decode speed against plain greedy, prompt lookup
 and draft-model decoding, interleaved.
 
-Steps (all on one `--path`: lean = ridgeline's torch decode path, native = `ridgeline.kernels.NativeCausalLM`
-when it exposes the verifier methods, hf = transformers' forward):
+Steps (all on one `--path`: native = `ridgeline.kernels.NativeCausalLM` (the default; tree verification is its
+small-M GEMM, at most 16 tokens per forward), lean = ridgeline's torch decode path, hf = transformers' forward):
 1. heads: trained (`train_medusa`: greedy continuations of calibration prompts, then K heads) unless `--heads-dir`
    already holds heads for this model; the record repeats their training time, tokens and loss curve.
 2. held-out accuracy: per-head top-1 / top-5 on the base's greedy continuations of `--prompts` eval-split prompts.
@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
-from common import machine_info  # noqa: E402
+from common import machine_info, record_path, say, uptime  # noqa: E402
 
 from ridgeline.engine import (Acceptance, DraftModelDrafter, HFVerifier, PromptLookupDrafter, SpecDecoder,  # noqa: E402
                               choose_tree, expected_tokens, first_layers, medusa_decoder)
@@ -57,35 +56,19 @@ OUT = Path(__file__).parent / "results" / "medusa.json"
 MODEL = "smollm2-135m"
 
 
-def uptime() -> str:
-    """`uptime` as printed (the load averages while the benchmark ran)."""
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # paths and runs
 
 
 def make_verifier(path: str, model: Any, max_len: int) -> Any:
-    """The verifier of `path`; the native one only when ridgeline.kernels has it with the verifier methods."""
+    """The verifier of `path` (RidgelineError with the reason when the native kernels are unavailable)."""
     if path == "lean":
         return LeanCausalLM.from_hf(model, max_len)
     if path == "hf":
         return HFVerifier(model, max_len)
-    try:
-        from ridgeline import kernels
-    except ImportError as exc:
-        raise RidgelineError(f"the native path is unavailable: ridgeline.kernels does not import ({exc})") from None
-    native = getattr(kernels, "NativeCausalLM", None)
-    missing = [m for m in ("prefill", "decode", "verify", "keep", "reset") if not hasattr(native, m)]
-    if native is None or missing:
-        raise RidgelineError("the native path is unavailable: ridgeline.kernels exposes no NativeCausalLM with "
-                             f"prefill/decode/verify/keep/reset{f' (missing {missing})' if native else ''}")
-    return native.from_hf(model, max_len)
+    from ridgeline.kernels import NativeCausalLM
+
+    return NativeCausalLM.from_hf(model, max_len)
 
 
 def plain_greedy(verifier: Any, prompt: list[int], n: int) -> dict:
@@ -215,14 +198,15 @@ def timing(a: argparse.Namespace, model: Any, verifier: Any, medusa: Callable[[A
     """Every system, interleaved over rounds (the order rotates each round)."""
     max_len = verifier.max_len
     draft_hf = first_layers(model, a.draft_layers)
-    draft = make_verifier(a.path if a.path != "native" else "lean", draft_hf, max_len)
+    draft = make_verifier(a.path, draft_hf, max_len)
+    n_draft = min(20, a.max_verify - 1)  # transformers' assisted default, within what one verify takes
     systems: dict[str, Callable[[list[int], int], dict]] = {
         "greedy": lambda p, n: plain_greedy(verifier, p, n),
         "medusa_greedy": lambda p, n, d=medusa(Acceptance()): spec_run(d, p, n),
         "medusa_greedy_acceptance_tree": lambda p, n, d=big(Acceptance()): spec_run(d, p, n),
         "medusa_typical": lambda p, n, d=medusa(Acceptance("typical", a.temperature, seed=0)): spec_run(d, p, n),
         "prompt_lookup": lambda p, n, d=SpecDecoder(verifier, PromptLookupDrafter(10, 2)): spec_run(d, p, n),
-        "draft_model": lambda p, n, d=SpecDecoder(verifier, DraftModelDrafter(draft, 20, 0.4)): spec_run(d, p, n),
+        "draft_model": lambda p, n, d=SpecDecoder(verifier, DraftModelDrafter(draft, n_draft, 0.4)): spec_run(d, p, n),
         "transformers_greedy": lambda p, n: hf_generate(model, p, n),
         "transformers_prompt_lookup": lambda p, n: hf_generate(model, p, n, prompt_lookup_num_tokens=10),
         "transformers_assisted": lambda p, n: hf_generate(model, p, n, assistant_model=draft_hf),
@@ -255,9 +239,10 @@ def tree_record(chosen: SpecDecoder, k: int) -> dict:
     """The chosen tree, the cost curve it was chosen from and what it expects."""
     keep = ("tree", "tree_choice", "cost_curve", "expected_tokens_per_step", "tree_depth")
     return {**{key: v for key, v in chosen.info.items() if key in keep}, "verify_tokens": k,
-            "note": "t(m)/t(1): verifying m tokens on this path over one plain decode step; on the lean path "
-                    "torch's fp32 GEMM with a few rows is much slower than its GEMV, which is what bounds the "
-                    "tree; a native small-M GEMM changes the curve, so the tree is re-derived on each path"}
+            "note": "t(m)/t(1): verifying m tokens on this path over one plain decode step. On the lean path "
+                    "torch's fp32 GEMM with a few rows costs about m GEMVs, which leaves no room for a tree; the "
+                    "native small-M GEMM streams each weight once for all m rows, so the tree is re-derived on "
+                    "each path"}
 
 
 def roofline(k: int, accepted: float, heads: int, dtype: str) -> dict:
@@ -292,15 +277,15 @@ def _probe():
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--path", choices=("lean", "native", "hf"), default="lean")
+    ap.add_argument("--path", choices=("lean", "native", "hf"), default="native")
     ap.add_argument("--heads-dir", type=Path, default=user_dir() / "medusa" / f"{MODEL}-heads")
     ap.add_argument("--retrain", action="store_true", help="train even if --heads-dir holds heads")
     ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--sequences", type=int, default=192, help="calibration prompts continued for training")
+    ap.add_argument("--sequences", type=int, default=640, help="calibration prompts continued for training")
     ap.add_argument("--generate", type=int, default=128, help="tokens generated per training prompt")
-    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--epochs", type=float, default=4.0)
     ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--optimizer", default="adamw")
     ap.add_argument("--prompts", type=int, default=16, help="held-out prompts for accuracy and greedy equality")
     ap.add_argument("--prompt-len", type=int, default=64)
@@ -310,7 +295,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--draft-layers", type=int, default=6)
     ap.add_argument("--temperature", type=float, default=0.7, help="Medusa typical acceptance temperature")
-    ap.add_argument("--max-verify", type=int, default=24, help="largest verification the tree search considers")
+    ap.add_argument("--max-verify", type=int, default=16, help="largest verification the tree search considers "
+                    "(the native path verifies at most 16 tokens per forward)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-timing", action="store_true", help="stop after greedy equality (accuracy, tree, tokens per "
                     "step; the record stays 'complete': false)")
@@ -329,9 +315,9 @@ def main() -> None:
     record: dict[str, Any] = {
         "benchmark": "medusa", "complete": False, "machine": machine_info(), "uptime_before": before,
         "model": MODEL, "path": a.path, "dtype": "fp32", "threads": a.threads,
-        "heads": {"dir": str(folder), "heads": manifest["heads"], "layers": manifest["layers"],
+        "heads": {"dir": record_path(folder), "heads": manifest["heads"], "layers": manifest["layers"],
                   "tied": manifest["tied"], "training": training},
-        "settings": vars(a) | {"heads_dir": str(folder), "out": str(a.out)},
+        "settings": vars(a) | {"heads_dir": record_path(folder), "out": record_path(a.out)},
     }
     say("held-out accuracy ...")
     accuracy = heads_accuracy(model, tok, folder, "eval", a.prompts, 32, a.tokens, seed=11)
@@ -339,6 +325,7 @@ def main() -> None:
     write_json(a.out, record)
     heads, manifest = load_heads(folder, model)
     verifier = make_verifier(a.path, model, max_len)
+    a.max_verify = min(a.max_verify, getattr(verifier, "max_verify", a.max_verify))  # native: 16 per forward
     say("verify-cost curve and tree ...")
     curve_prefix = prompt_ids(lambda t: tok(t, add_special_tokens=False).input_ids, a.prompt_len + a.tokens // 2)
     chosen = medusa_decoder(verifier, heads, manifest, curve_prefix, f"auto:{a.max_verify}")

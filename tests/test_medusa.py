@@ -15,6 +15,7 @@ transformers = pytest.importorskip("transformers")
 from ridgeline.engine import (Acceptance, DraftModelDrafter, HFVerifier, MedusaDrafter, PromptLookupDrafter,  # noqa: E402
                               SpecDecoder, Tree, choose_tree, expected_tokens, first_layers, greedy_path, grow_tree,
                               parse_tree, typical_path, typical_probs)
+import ridgeline.kernels as K  # noqa: E402
 from ridgeline.errors import RidgelineError  # noqa: E402
 from ridgeline.measure import LeanCausalLM  # noqa: E402
 from ridgeline.measure.lean import greedy  # noqa: E402
@@ -105,13 +106,19 @@ def test_sparse_tree_growth_and_size_choice_by_hand():
 # verification: tree logits, KV compaction
 
 
-def _verifiers(model):
-    return {"lean": LeanCausalLM.from_hf(model, 64), "hf": HFVerifier(model, 64)}
+NATIVE = pytest.param("native", marks=pytest.mark.skipif(not K.available(), reason=f"native kernels: {K.info().reason}"))
+PATHS_RUN = ["lean", "hf", NATIVE]
 
 
-@pytest.mark.parametrize("path", ["lean", "hf"])
+def _verifier(model, path, max_len=64):
+    if path == "native":
+        return K.NativeCausalLM.from_hf(model, max_len)
+    return LeanCausalLM.from_hf(model, max_len) if path == "lean" else HFVerifier(model, max_len)
+
+
+@pytest.mark.parametrize("path", PATHS_RUN)
 def test_tree_logits_equal_a_plain_forward_over_each_ancestor_path(model, path):
-    v = _verifiers(model)[path]
+    v = _verifier(model, path)
     ids, tree = prompt(), Tree(PATHS)
     tokens = [7, 11, 12, 13, 14, 15, 16]
     v.reset()
@@ -131,9 +138,9 @@ def test_tree_logits_equal_a_plain_forward_over_each_ancestor_path(model, path):
             torch.testing.assert_close(model.lm_head(hidden[i]), ref, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("path", ["lean", "hf"])
+@pytest.mark.parametrize("path", PATHS_RUN)
 def test_kv_compaction_equals_recomputing_from_scratch(model, path):
-    v = _verifiers(model)[path]
+    v = _verifier(model, path)
     ids, tree = prompt(), Tree(PATHS)
     tokens = [7, 11, 12, 13, 14, 15, 16]
     v.reset()
@@ -143,7 +150,7 @@ def test_kv_compaction_equals_recomputing_from_scratch(model, path):
     assert v.length == len(ids) + 3
     kept = [tokens[i] for i in (0, 2, 5)]
     got = v.decode(torch.tensor([[42]]))
-    ref_v = _verifiers(model)[path]
+    ref_v = _verifier(model, path)
     ref_v.reset()
     ref_v.prefill(torch.tensor([ids + kept]))
     torch.testing.assert_close(got, ref_v.decode(torch.tensor([[42]])), atol=1e-5, rtol=0)
@@ -202,7 +209,7 @@ class OracleDrafter:
         return self.tree, drafts
 
 
-@pytest.mark.parametrize("path", ["lean", "hf"])
+@pytest.mark.parametrize("path", PATHS_RUN)
 def test_greedy_equality_with_every_drafter(model, path):
     ids = prompt()
     ref = greedy(LeanCausalLM.from_hf(model, 128), torch.tensor([ids]), 40)
@@ -211,9 +218,9 @@ def test_greedy_equality_with_every_drafter(model, path):
         for block in heads.blocks:
             block[0].linear.weight.normal_(0, 0.3)
     drafters = [OracleDrafter(ref, len(ids)), MedusaDrafter(heads, Tree(PATHS)), PromptLookupDrafter(),
-                DraftModelDrafter(LeanCausalLM.from_hf(first_layers(model, 1), 128), 4)]
+                DraftModelDrafter(_verifier(first_layers(model, 1), path, 128), 4)]
     for drafter in drafters:
-        verifier = LeanCausalLM.from_hf(model, 128) if path == "lean" else HFVerifier(model, 128)
+        verifier = _verifier(model, path, 128)
         dec = SpecDecoder(verifier, drafter)
         assert dec.generate(ids, 40) == ref, drafter.name
         assert sum(s.tokens for s in dec.steps) == 39  # every token after the first came from a step
@@ -373,6 +380,25 @@ def test_draft_vocabulary_by_hand(model, tmp_path):
     assert loaded.topk(h, 2).tolist() == [want.tolist()] * 2
     # training targets become draft-vocabulary indices; outside it (and unknown) they are masked
     assert loaded.draft_index(torch.tensor([10, 5, -100, 42])).tolist() == [1, -100, -100, 2]
+
+
+@pytest.mark.skipif(not K.available(), reason=f"native kernels: {K.info().reason}")
+def test_packed_draft_projection_ranks_as_torch_does(model):
+    heads = MedusaHeads(HIDDEN, VOCAB, 3).attach(model.lm_head.weight)
+    with torch.no_grad():
+        for block in heads.blocks:
+            block[0].linear.weight.normal_(0, 0.3)
+    hs = torch.randn(8, HIDDEN)
+    for vocab in (None, torch.arange(0, VOCAB, 3)):
+        heads.restrict(vocab)
+        want = [heads.topk(h, 4) for h in hs]
+        heads.pack_projection("f32")
+        assert heads.packed_format == "f32"
+        assert all(torch.equal(heads.topk(h, 4), w) for h, w in zip(hs, want))
+    heads.restrict(None)  # restricting drops the packed copy (it held the old rows)
+    assert heads.packed_format is None
+    with pytest.raises(RidgelineError, match="tied"):
+        MedusaHeads(HIDDEN, VOCAB, 2, tied=False).pack_projection()
 
 
 def test_heads_round_trip_and_refuse_another_base(model, tmp_path):
@@ -540,7 +566,7 @@ def tiny_heads(tiny_setup, tmp_path_factory):
     return save_heads(heads, tmp_path_factory.mktemp("h") / "heads", base_info(lm), {"accuracy": acc})
 
 
-@pytest.mark.parametrize("impl", ["lean", "hf"])
+@pytest.mark.parametrize("impl", PATHS_RUN)
 def test_bench_speculative_runs_equal_plain_and_carry_their_numbers(tiny_model_dir, tiny_heads, impl):
     from ridgeline.engine import spec_runner
     from ridgeline.measure import BenchConfig, SpecSetting, flat_row, place, result_json, run_bench

@@ -126,7 +126,8 @@ def accuracy(
 def tree(
     model: str = MODEL,
     heads_dir: Path = HEADS_DIR,
-    impl: str = typer.Option("lean", "--impl", help="the path whose verify cost is measured: lean or hf"),
+    impl: str = typer.Option("auto", "--impl", help="the path whose verify cost is measured: auto (native where it "
+                             "runs, else lean), native, lean or hf"),
     max_tokens: int = typer.Option(24, "--max-tokens", help="largest verification considered (root + nodes)"),
     repeats: int = typer.Option(5, "--repeats", "-r", help="timed repeats per size (medians)"),
     threads: Optional[int] = THREADS,
@@ -141,7 +142,7 @@ def tree(
         lm, tok = _load(model)
         with progress("measuring the verify-cost curve"):
             info = medusa_tree(lm, tok, str(heads_dir), impl, max_tokens, repeats)
-    record = {"kind": "ridgeline.medusa.tree", "model": model, "heads_dir": str(heads_dir), "impl": impl, **info}
+    record = {"kind": "ridgeline.medusa.tree", "model": model, "heads_dir": str(heads_dir), **info}
     write_record(out, record)
     if as_json:
         console.print_json(dumps(record))

@@ -87,6 +87,8 @@ class MedusaHeads(nn.Module):
         self.lm_head: torch.Tensor | None = None  # the base's projection [vocab, hidden]; not a parameter of the heads
         self.draft_vocab: torch.Tensor | None = None  # token ids heads draft from (None: the whole vocabulary)
         self._draft_w: list[torch.Tensor] = []  # the projection rows of draft_vocab (one tensor, or one per head)
+        self._packed: Any = None  # the tied draft projection on a native kernel (`pack_projection`), or None
+        self.packed_format: str | None = None  # its format
 
     @property
     def num_heads(self) -> int:
@@ -108,6 +110,7 @@ class MedusaHeads(nn.Module):
 
     def restrict(self, vocab: torch.Tensor | None) -> MedusaHeads:
         """Draft only from these token ids (None: the whole vocabulary); copies their projection rows once."""
+        self._packed = self.packed_format = None  # packed from the old rows: pack again after restricting
         if vocab is None:
             self.draft_vocab, self._draft_w = None, []
             return self
@@ -124,10 +127,27 @@ class MedusaHeads(nn.Module):
                 self._draft_w = [p.weight.detach()[vocab].contiguous() for p in self.projs]
         return self
 
+    def pack_projection(self, fmt: str = "bf16") -> MedusaHeads:
+        """Draft through a native packed copy of the tied projection (the draft vocabulary's rows, or lm_head) in
+        `fmt`: a step then streams those rows at the native kernel's rate instead of torch's. Drafting only ranks
+        candidates and verification uses the base's own logits, so greedy decoding stays lossless. RidgelineError
+        where the native kernels are unavailable or the heads are untied."""
+        from ridgeline.kernels import PackedLinear  # function level: the kernels load their library on import
+
+        if self.projs is not None:
+            raise RidgelineError("only tied heads share one projection to pack")
+        w = self._draft_w[0] if self.draft_vocab is not None else self.lm_head
+        if w is None:
+            raise RidgelineError("attach the base's lm_head before packing the projection")
+        self._packed, self.packed_format = PackedLinear.from_float(w, fmt), fmt
+        return self
+
     def draft_logits(self, z: torch.Tensor, k: int) -> torch.Tensor:
         """Head k's (0-based) logits over its draft vocabulary (the whole vocabulary without one) [..., V'].
         Training untied heads gathers the rows from the projection (gradients reach them); otherwise the copies
         `restrict` made are used (call it again after training untied heads)."""
+        if self._packed is not None and not self.training:
+            return self._packed(z)
         if self.draft_vocab is None:
             return self.project(z, k)
         if self.projs is not None and self.training:

@@ -8,7 +8,7 @@ step (Medusa heads on one hidden state). t(m) / t_decode is the curve the tree s
 of whatever path runs, never hard-coded.
 
 `spec_runner(setting, loaded)` is the factory `ridgeline bench --spec` passes to the bench grid: it builds a
-`SpecDecoder` on the loaded model's path (the lean torch model when the bench loaded it, else transformers'
+`SpecDecoder` on the loaded model's path (the native or lean model when the bench loaded one, else transformers'
 forward) for `medusa:DIR`, `prompt-lookup[:N]` or `draft:N|MODEL`, and records what it chose in `info`.
 """
 
@@ -25,7 +25,7 @@ from torch import nn
 
 from ridgeline.engine.drafters import DraftModelDrafter, MedusaDrafter, PromptLookupDrafter
 from ridgeline.engine.hf_verifier import HFVerifier
-from ridgeline.engine.speculative import Acceptance, SpecDecoder
+from ridgeline.engine.speculative import Acceptance, SpecDecoder, glue_threads
 from ridgeline.engine.tree import Tree, choose_tree, expected_tokens, parse_tree
 from ridgeline.errors import RidgelineError
 
@@ -71,10 +71,19 @@ def measure_cost_curve(verifier: Any, prefix: Sequence[int], sizes: Sequence[int
     sizes = sorted({int(m) for m in sizes})
     if not sizes or sizes[0] < 1 or repeats < 1:
         raise RidgelineError("the cost curve needs verify sizes >= 1 and repeats >= 1")
+    with glue_threads(verifier):
+        return _cost_curve(verifier, prefix, sizes, repeats, draft, warmup)
+
+
+def _cost_curve(verifier: Any, prefix: Sequence[int], sizes: list[int], repeats: int,
+                draft: Callable[[torch.Tensor], Any] | None, warmup: int) -> CostCurve:
     verifier.reset()
     verifier.prefill(torch.tensor([list(prefix)]))
     token = torch.tensor([[int(prefix[-1])]])
     dec, ver, drf = [], {m: [] for m in sizes}, []
+    # masks built before timing: torch.tril runs an OpenMP region whose spinning workers would slow the native
+    # verify timed right after it
+    masks = {m: torch.tril(torch.ones(m, m, dtype=torch.bool)) for m in sizes}
     for r in range(warmup + repeats):
         t0 = time.perf_counter()
         verifier.decode(token)
@@ -91,7 +100,7 @@ def measure_cost_curve(verifier: Any, prefix: Sequence[int], sizes: Sequence[int
             start = verifier.length
             tokens = torch.full((m,), int(prefix[-1]), dtype=torch.long)
             t0 = time.perf_counter()
-            verifier.verify(tokens, torch.arange(start, start + m), torch.tril(torch.ones(m, m, dtype=torch.bool)))
+            verifier.verify(tokens, torch.arange(start, start + m), masks[m])
             t = time.perf_counter() - t0
             verifier.keep(torch.zeros(0, dtype=torch.long))
             if r >= warmup:
@@ -120,14 +129,12 @@ def first_layers(model: Any, n: int) -> Any:
 
 
 def _verifier(loaded: Any) -> Any:
-    """The verifier on the loaded path: the bench's lean model, a lean model beside the native one (the native
-    model returns no hidden states yet), else transformers' forward."""
-    lean = getattr(loaded.runner, "lean", None)
-    if lean is None and hasattr(loaded.runner, "native"):
-        from ridgeline.measure import LeanCausalLM
-
-        lean = LeanCausalLM.from_hf(loaded.model, loaded.max_len)
-    return lean if lean is not None else HFVerifier(loaded.model, loaded.max_len)
+    """The verifier on the loaded path: the bench's native model, its lean model, else transformers' forward."""
+    for attr in ("native", "lean"):
+        path = getattr(loaded.runner, attr, None)
+        if path is not None:
+            return path
+    return HFVerifier(loaded.model, loaded.max_len)
 
 
 def medusa_decoder(verifier: Any, heads: Any, manifest: dict, prefix: Sequence[int], tree: str | Tree = "auto",
@@ -138,12 +145,16 @@ def medusa_decoder(verifier: Any, heads: Any, manifest: dict, prefix: Sequence[i
     info: dict[str, Any] = {"drafter": "medusa", "heads_available": heads.num_heads, "untied": not heads.tied,
                             "heads_trained_for": manifest.get("base", {}).get("name"),
                             "draft_vocab": None if heads.draft_vocab is None else int(heads.draft_vocab.numel())}
+    if _impl(verifier) == "ridgeline native" and heads.tied and heads.packed_format is None:
+        heads.pack_projection("bf16")  # draft at the native rate too (ranking only: verification stays exact)
+    info["draft_projection"] = f"native {heads.packed_format}" if heads.packed_format else "torch"
     if isinstance(tree, str) and tree.startswith("auto"):
         if not acc:
             raise RidgelineError("these heads carry no rank accuracies to choose a tree from; pass --tree PATHS")
         cap = int(tree.partition(":")[2] or max_verify)
         if not 2 <= cap <= 256:
             raise RidgelineError(f"tree auto:M needs 2 <= M <= 256 verified tokens, got {cap}")
+        cap = min(cap, getattr(verifier, "max_verify", cap))  # the native path verifies at most 16 tokens
         probe = MedusaDrafter(heads, Tree.chain(min(heads.num_heads, cap - 1)))
         curve = measure_cost_curve(verifier, prefix, curve_sizes(cap), repeats, probe.observe)
         choice = choose_tree(acc, curve.relative(), curve.draft_s / curve.decode_s)
@@ -159,6 +170,10 @@ def medusa_decoder(verifier: Any, heads: Any, manifest: dict, prefix: Sequence[i
 
 
 def _impl(verifier: Any) -> str:
+    from ridgeline.kernels import NativeCausalLM  # function level: the kernels load their library on import
+
+    if isinstance(verifier, NativeCausalLM):
+        return "ridgeline native"
     return "ridgeline lean torch" if not isinstance(verifier, HFVerifier) else "transformers eager"
 
 
@@ -175,13 +190,15 @@ def draft_model(model: Any, arg: str | int, dtype: Any = None) -> Any:
     return other
 
 
-def draft_verifier(draft: Any, max_len: int, lean: bool) -> Any:
-    """The draft model on the same kind of path as the target (lean when the target runs lean and it can)."""
-    if lean:
+def draft_verifier(draft: Any, max_len: int, target: Any) -> Any:
+    """The draft model on the target verifier's kind of path (native or lean when it can, else transformers')."""
+    if not isinstance(target, HFVerifier):
+        from ridgeline.kernels import NativeCausalLM
         from ridgeline.measure import LeanCausalLM
 
+        kind = NativeCausalLM if isinstance(target, NativeCausalLM) else LeanCausalLM
         try:
-            return LeanCausalLM.from_hf(draft, max_len)
+            return kind.from_hf(draft, max_len)
         except RidgelineError:
             pass
     return HFVerifier(draft, max_len)
@@ -203,29 +220,41 @@ def spec_runner(setting: Any, loaded: Any) -> SpecDecoder:
         prefix = prompt_ids(loaded.encode, max(8, min(256, loaded.max_len - cap - 16)))
         return medusa_decoder(verifier, heads, manifest, prefix, setting.tree, acceptance)
     if setting.kind == "prompt-lookup":
-        n = int(setting.arg or 10)
+        n = min(int(setting.arg or 10), getattr(verifier, "max_verify", 1 << 30) - 1)
         eos = getattr(loaded.model.config, "eos_token_id", None)
         drafter = PromptLookupDrafter(n, 2, eos if isinstance(eos, list) else ([] if eos is None else [eos]))
         info = {"drafter": "prompt-lookup", "num_tokens": n, "max_ngram": 2}
         return SpecDecoder(verifier, drafter, acceptance, f"{impl} · prompt lookup", info=info)
     draft = draft_model(loaded.model, setting.arg)
-    dv = draft_verifier(draft, loaded.max_len, not isinstance(verifier, HFVerifier))
+    dv = draft_verifier(draft, loaded.max_len, verifier)
+    n = min(20, getattr(verifier, "max_verify", 21) - 1)  # transformers' assisted-generation default, within the path
     info = {"drafter": "draft", "draft": setting.arg, "draft_layers": draft.config.num_hidden_layers,
-            "num_tokens": 20, "confidence": 0.4, "note": "the draft model's own forwards are not in the Workload"}
-    return SpecDecoder(verifier, DraftModelDrafter(dv), acceptance, f"{impl} · draft model", info=info)
+            "num_tokens": n, "confidence": 0.4, "note": "the draft model's own forwards are not in the Workload"}
+    return SpecDecoder(verifier, DraftModelDrafter(dv, n), acceptance, f"{impl} · draft model", info=info)
 
 
-def medusa_tree(model: Any, tokenizer: Any, heads_dir: str, impl: str = "lean", max_verify: int = MAX_VERIFY,
+def medusa_tree(model: Any, tokenizer: Any, heads_dir: str, impl: str = "auto", max_verify: int = MAX_VERIFY,
                 repeats: int = 5) -> dict:
-    """Measure the verify-cost curve of `model` on a path ('lean' or 'hf') and choose the tree for saved heads:
-    the heads' account (tree, choice table, curve)."""
+    """Measure the verify-cost curve of `model` on a path ('auto': native where it runs, else lean; 'native',
+    'lean' or 'hf') and choose the tree for saved heads: the heads' account (path, tree, choice table, curve)."""
+    from ridgeline.kernels import NativeCausalLM
     from ridgeline.measure import LeanCausalLM, prompt_ids
     from ridgeline.engine.medusa_heads import load_heads
 
-    if impl not in ("lean", "hf"):
-        raise RidgelineError(f"path {impl!r} is not lean or hf")
+    if impl not in ("auto", "native", "lean", "hf"):
+        raise RidgelineError(f"path {impl!r} is not auto, native, lean or hf")
     heads, manifest = load_heads(heads_dir, model)
     prefix = prompt_ids(lambda text: tokenizer(text, add_special_tokens=False).input_ids, 256)
     max_len = len(prefix) + max_verify + repeats + 8
-    verifier = LeanCausalLM.from_hf(model, max_len) if impl == "lean" else HFVerifier(model, max_len)
-    return medusa_decoder(verifier, heads, manifest, prefix, f"auto:{max_verify}", repeats=repeats).info
+    verifier, why = None, None
+    if impl in ("auto", "native"):
+        try:
+            verifier = NativeCausalLM.from_hf(model, max_len)
+        except RidgelineError as exc:
+            if impl == "native":
+                raise
+            why = f"native: {exc}"
+    if verifier is None:
+        verifier = HFVerifier(model, max_len) if impl == "hf" else LeanCausalLM.from_hf(model, max_len)
+    info = medusa_decoder(verifier, heads, manifest, prefix, f"auto:{max_verify}", repeats=repeats).info
+    return {"impl": _impl(verifier), "fallback": why, **info}

@@ -33,10 +33,11 @@ Acceptance (`Acceptance`):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import torch
 
@@ -188,6 +189,20 @@ class StepRecord:
     accept_s: float
 
 
+@contextlib.contextmanager
+def glue_threads(verifier: Any) -> Iterator[None]:
+    """Pin torch to the verifier's `glue_threads` (the native path: 1) for the torch work around its steps."""
+    n, before = getattr(verifier, "glue_threads", None), torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @dataclass
 class SpecDecoder:
     """Speculative decoding on a verifier with a drafter and an acceptance rule (batch 1; see the module docstring).
@@ -222,10 +237,11 @@ class SpecDecoder:
         self.verifier.reset()
         self.steps = []
         self.generator.manual_seed(self.acceptance.seed)
-        logits = self.verifier.prefill(torch.tensor([prompt]))
-        root = self._root(logits[0])
-        self.drafter.start(prompt)
-        self.drafter.observe(self.verifier.hidden[-1])
+        with glue_threads(self.verifier):
+            logits = self.verifier.prefill(torch.tensor([prompt]))
+            root = self._root(logits[0])
+            self.drafter.start(prompt)
+            self.drafter.observe(self.verifier.hidden[-1])
         self.context = prompt + [root]
         return root
 
@@ -237,6 +253,10 @@ class SpecDecoder:
         limit = limit if limit is not None else 1 << 30
         if limit < 1:
             raise RidgelineError(f"step limit must be >= 1, got {limit}")
+        with glue_threads(self.verifier):
+            return self._step(limit)
+
+    def _step(self, limit: int) -> list[int]:
         t0 = time.perf_counter()
         tree, drafts = self.drafter.propose(self.context) if limit > 1 else (Tree(()), [])
         if len(drafts) != tree.size - 1:

@@ -3,7 +3,9 @@
 The same interface and numerics conventions as `ridgeline.measure.lean.LeanCausalLM` — `reset()`,
 `prefill(ids) -> logits`, `decode(token) -> logits`, `length` — plus `forward(tokens, positions,
 visibility)` for up to 16 tokens with an arbitrary [M, length + M] visibility (tree verification) and
-`compact(keep)` (keep given cache slots, moved contiguous). Support checks are lean's: the same model
+`compact(keep)` (keep given cache slots, moved contiguous), and the speculative decoders' `Verifier` interface
+(`ridgeline.engine.speculative`): `hidden` (the post-norm hidden states behind the last logits), `verify(tokens,
+positions, visibility [M, M])`, `keep(indices)` and `crop(n)`. Support checks are lean's: the same model
 types, rope from the model's own `rotary_emb` (every static rope_scaling variant), fused q/k/v and
 gate/up, qwen2's q/k/v biases, tied heads; anything else raises RidgelineError with one line.
 
@@ -137,6 +139,13 @@ def _head_module(model: PreTrainedModel, head_format: str | None) -> PackedLinea
 class NativeCausalLM:
     """A llama/mistral/qwen2 causal LM on the native kernels with a static KV cache (batch 1)."""
 
+    #: the most tokens one verify (one `forward`) takes: speculative trees are capped to it
+    max_verify = MAX_TOKENS
+    #: torch threads for the glue around a step (argmax over the tree's logits, masks, Medusa heads): one. A torch
+    #: op that enters an OpenMP parallel region leaves its workers spinning for milliseconds on the cores the
+    #: native pool needs next (measured here: an argmax over [4, 49152] logits added 5 ms to a 23 ms forward)
+    glue_threads = 1
+
     def __init__(self, model: PreTrainedModel, max_len: int, head_format: str | None = None,
                  float_format: str | None = None, kv_dtype: torch.dtype | None = None) -> None:
         """Build from `model` (see `from_hf`, which checks support first)."""
@@ -185,6 +194,10 @@ class NativeCausalLM:
         self._forward = mod.model_forward
         self._bf16_logits = int(self.dtype == torch.bfloat16)
         self._len = 0  # mirrors the C++ cache length (every change goes through this object)
+        # the post-norm hidden states of the rows the last call returned logits for (C++ writes them here)
+        self._hidden = torch.zeros(MAX_TOKENS, self.hidden_size)
+        self._hidden_rows = 0
+        self._verified: int | None = None  # cache length before the last verify (keep's base)
 
     def _add(self, layer: int, which: int, packed: PackedLinear) -> None:
         self._keep.append(packed)
@@ -212,18 +225,21 @@ class NativeCausalLM:
     def reset(self) -> None:
         """Empty the KV cache (the next prefill starts at position 0)."""
         self._len = int(native().model_length(self._handle, 0))
+        self._hidden_rows, self._verified = 0, None
 
     def truncate(self, length: int) -> None:
         """Drop cache slots from `length` on (speculative decoding's rollback)."""
         if not 0 <= length <= self._len:
             raise RidgelineError(f"truncate takes a length in 0..{self._len}, got {length}")
         self._len = int(native().model_length(self._handle, int(length)))
+        self._verified = None
 
     def compact(self, keep: list[int] | torch.Tensor) -> None:
         """Keep the given cache slots (ascending), moved to slots 0..len(keep)-1; the length becomes len(keep)."""
         k = torch.as_tensor(keep, dtype=torch.int64).contiguous()
         native().model_compact(self._handle, k.data_ptr(), k.numel())
         self._len = int(native().model_length(self._handle, -1))
+        self._verified = None
 
     def _logits(self, rows: int) -> torch.Tensor:
         return torch.empty(rows, self.vocab_size, dtype=self.dtype)
@@ -252,7 +268,8 @@ class NativeCausalLM:
             vis_ptr = vis.data_ptr()
         out = self._logits(m)
         self._len = self._forward(self._handle, toks.data_ptr(), pos.data_ptr(), m, vis_ptr, out.data_ptr(), 1,
-                                  self._bf16_logits)
+                                  self._bf16_logits, self._hidden.data_ptr())
+        self._hidden_rows, self._verified = m, None
         return out
 
     @torch.inference_mode()
@@ -270,7 +287,8 @@ class NativeCausalLM:
             m = chunk.numel()
             pos = torch.arange(start + c0, start + c0 + m)
             self._len = self._forward(self._handle, chunk.data_ptr(), pos.data_ptr(), m, 0, out.data_ptr(), 0,
-                                      self._bf16_logits)
+                                      self._bf16_logits, self._hidden.data_ptr())
+        self._hidden_rows, self._verified = 1, None
         return out
 
     def decode(self, token: torch.LongTensor | int) -> torch.Tensor:
@@ -286,8 +304,44 @@ class NativeCausalLM:
         self._positions[0] = n
         out = torch.empty(1, self.vocab_size, dtype=self.dtype)
         self._len = self._forward(self._handle, self._ptrs[0], self._ptrs[1], 1, 0, out.data_ptr(), 0,
-                                  self._bf16_logits)
+                                  self._bf16_logits, self._hidden.data_ptr())
+        self._hidden_rows, self._verified = 1, None
         return out
+
+    @property
+    def hidden(self) -> torch.Tensor | None:
+        """Post-norm hidden states [rows, d] (model dtype, a copy) behind the last call's logits; None before any."""
+        if not self._hidden_rows:
+            return None
+        return self._hidden[:self._hidden_rows].to(self.dtype, copy=True)
+
+    def verify(self, tokens: torch.Tensor, positions: torch.Tensor,
+               visibility: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """M <= 16 tokens after the L cached ones: every cached slot visible, the new ones as the bool [M, M]
+        `visibility` says; (logits [M, V], hidden [M, d]). The length is L + M until `keep`."""
+        m, start = int(tokens.numel()), self._len
+        if tuple(visibility.shape) != (m, m) or visibility.dtype != torch.bool or not bool(visibility.diagonal().all()):
+            raise RidgelineError(f"verify: visibility must be a bool [{m}, {m}] tensor whose diagonal is True")
+        vis = torch.ones(m, start + m, dtype=torch.bool)
+        vis[:, start:] = visibility
+        logits = self.forward(tokens, positions, vis)
+        self._verified = start
+        return logits, self.hidden
+
+    def keep(self, indices: torch.Tensor | list[int]) -> None:
+        """Keep the verified tokens at L + indices[k] as L + k (indices increasing); drop the other verified ones."""
+        start = self._verified
+        if start is None:
+            raise RidgelineError("keep follows verify: no verified tokens to keep")
+        idx = [int(i) for i in torch.as_tensor(indices).reshape(-1).tolist()]
+        if any(not 0 <= i < self._len - start for i in idx) or any(b <= a for a, b in zip(idx, idx[1:])):
+            raise RidgelineError(f"keep: indices must be increasing and in [0, {self._len - start}), got {idx}")
+        self.compact(list(range(start)) + [start + i for i in idx])
+        self._verified = None
+
+    def crop(self, n: int) -> None:
+        """Forget the cached positions n and after (a draft model's rollback)."""
+        self.truncate(n)
 
 
 def _mode(packed: PackedLinear) -> int:

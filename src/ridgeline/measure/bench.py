@@ -143,9 +143,6 @@ class BenchConfig:
                 raise RidgelineError(f"the {self.impl} decode path has a static float cache; --kv, --window and "
                                      "--kv-heads run on --impl hf (or auto)")
             self.variant.check(self.dtype)
-        if self.spec is not None and self.impl == "native":
-            raise RidgelineError("--spec verifies on the lean or hf path: the native model does not return the hidden "
-                                 "states Medusa heads draft from yet")
         if self.spec is not None and (self.backend != "torch" or self.variant.transformed):
             raise RidgelineError("--spec runs on the torch backend with the model's own cache (no --kv, --window, "
                                  "--kv-heads)")

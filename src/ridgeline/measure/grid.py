@@ -55,12 +55,7 @@ class BenchGrid:
                 raise RidgelineError(f"{' and '.join(swept)} transform the torch model; llama.cpp runs the GGUF as "
                                      "stored, so add --backend torch or drop them")
             note(f"{' and '.join(swept)} apply to the torch runs; llama.cpp runs the whole GGUF as stored, once")
-        impl = self.impl
-        if impl == "auto" and any(s is not None for s in self.specs):
-            # a speculative run and its plain baseline share one load, so both run where verification does
-            impl = "lean"
-            note("--spec: every torch run of the grid takes the lean path (the native model does not return the "
-                 "hidden states Medusa heads draft from yet), so plain and speculative decoding compare on one path")
+        impl = self.impl  # a speculative run and its plain baseline share one load, so they run on one path
         groups = []
         for backend in self.backends:
             torch = backend == "torch"

@@ -148,9 +148,10 @@ class Model {
     length = n;
   }
 
-  // Run M tokens; logits of every row (all_logits) or of the last one, fp32 or bf16 (logits_bf16).
+  // Run M tokens; logits of every row (all_logits) or of the last one, fp32 or bf16 (logits_bf16); when
+  // `hidden` is set, the same rows' post-norm hidden states (the head's input, fp32 [rows, d]) go there too.
   void forward(const int64_t* tokens, const int64_t* positions, int M, const uint8_t* vis, void* logits,
-               bool all_logits, bool logits_bf16) {
+               bool all_logits, bool logits_bf16, float* hidden = nullptr) {
     if (M < 1 || M > 16) throw Error("forward takes 1 to 16 tokens");
     if (length + M > c.max_len) throw Error("KV cache full: " + std::to_string(length) + " + " + std::to_string(M) +
                                             " tokens > max_len " + std::to_string(c.max_len));
@@ -169,6 +170,12 @@ class Model {
     reset_claims(st);
     rt.pool.run([&](int tid, int) { step(st, tid); });
     length = L;
+    if (hidden) {  // the rows the head read, normed again by the same kernel (a few microseconds)
+      const int m0 = all_logits ? 0 : M - 1;
+      for (int m = m0; m < M; ++m)
+        Ops<V>::rmsnorm(x_.as<float>() + int64_t(m) * c.d, final_norm.data(), c.d, c.eps, c.bf16 != 0,
+                        hidden + int64_t(m - m0) * c.d);
+    }
   }
 
  private:

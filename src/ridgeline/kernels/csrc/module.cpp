@@ -360,9 +360,9 @@ PyObject* py_model_finalize(PyObject*, PyObject* const* a, Py_ssize_t n) {
   return PyLong_FromLongLong(m->kv_bytes());
 }
 
-// model_forward(model, tokens, positions, M, vis|0, logits, all_logits, logits_bf16)
+// model_forward(model, tokens, positions, M, vis|0, logits, all_logits, logits_bf16, hidden|0)
 PyObject* py_model_forward(PyObject*, PyObject* const* a, Py_ssize_t n) {
-  if (!nargs(n, 8, "model_forward")) return nullptr;
+  if (!nargs(n, 9, "model_forward")) return nullptr;
   rl::Model* m = get_model(a[0]);
   if (!m) return nullptr;
   bool ok = true;
@@ -372,8 +372,9 @@ PyObject* py_model_forward(PyObject*, PyObject* const* a, Py_ssize_t n) {
   const uint8_t* vis = arg_ptr<const uint8_t>(a[4], ok);
   void* logits = arg_ptr<void>(a[5], ok);
   int all = arg_int<int>(a[6], ok), lbf = arg_int<int>(a[7], ok);
+  float* hidden = arg_ptr<float>(a[8], ok);
   if (!ok) return nullptr;
-  if (!guarded([&] { m->forward(tokens, pos, M, vis, logits, all != 0, lbf != 0); })) return nullptr;
+  if (!guarded([&] { m->forward(tokens, pos, M, vis, logits, all != 0, lbf != 0, hidden); })) return nullptr;
   return PyLong_FromLongLong(m->length);
 }
 
