@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import machine_info  # noqa: E402
+from common import machine_info, portable  # noqa: E402
 
 from ridgeline.accel import (DEFAULT_AXES, DESIGNS, Design, PEMode, apply, design_workload, explore,  # noqa: E402
                              get_design, hls_compare, ratios, simulate)
@@ -256,7 +256,7 @@ def main() -> None:
     if "ppl" in parts:
         record["perplexity"] = part_ppl(args.ppl_tokens, args.ppl_context)
     record["runs"][",".join(parts)]["machine_after"] = machine_info()
-    write_json(args.out, record)
+    write_json(args.out, portable(record))
     print(f"wrote {args.out}")
 
 

@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 from ridgeline.measure.stats import machine_info, summarize
 
-__all__ = ["LOCK", "machine_info", "record_path", "say", "timed", "timing_lock", "uptime"]
+__all__ = ["LOCK", "machine_info", "portable", "record_path", "say", "timed", "timing_lock", "uptime"]
 
 LOCK = "/tmp/ridgeline-timing.lock"
 
@@ -28,6 +28,18 @@ def record_path(path: Path | str) -> str:
         if p.is_relative_to(base):
             return label + str(p.relative_to(base))
     return str(path)
+
+
+def portable(record: object) -> object:
+    """`record` with every absolute path string under the repository or $RIDGELINE_HOME made `record_path`'s
+    portable form (what every record is written through; other strings and values unchanged)."""
+    if isinstance(record, dict):
+        return {k: portable(v) for k, v in record.items()}
+    if isinstance(record, (list, tuple)):
+        return [portable(v) for v in record]
+    if isinstance(record, str) and record.startswith("/") and "\n" not in record and len(record) < 4096:
+        return record_path(record)
+    return record
 
 
 def say(text: str) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import machine_info  # noqa: E402
+from common import machine_info, portable  # noqa: E402
 
 from ridgeline.io import write_json  # noqa: E402
 from ridgeline.measure import (BenchConfig, BenchGrid, Roofs, flat_rows, llama_cpp_available, load_runner,  # noqa: E402
@@ -126,7 +126,7 @@ def main() -> None:
         "records": [r["record"] for r in runs], "machine": machine_info(),
         "wall_s": time.perf_counter() - t0,
     }
-    out = write_json(Path(__file__).parent / "results" / "decode.json", record)
+    out = write_json(Path(__file__).parent / "results" / "decode.json", portable(record))
     print(f"-> {out}")
 
 

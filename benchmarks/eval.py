@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import machine_info  # noqa: E402
+from common import machine_info, portable  # noqa: E402
 
 from ridgeline.corpus import corpus_info, load_corpus  # noqa: E402
 from ridgeline.eval.perplexity import PerplexityConfig, perplexity  # noqa: E402
@@ -52,7 +52,7 @@ def main() -> None:
                 "the text's tokens, each once); the machine is a shared 2-vCPU VM, so repeat the run to see spread",
         "machine": machine_info(),
     }
-    out = write_json(Path(__file__).parent / "results" / "eval.json", record)
+    out = write_json(Path(__file__).parent / "results" / "eval.json", portable(record))
     print(f"{result.tokens} tokens scored in {wall:.1f} s ({result.tokens / wall:.0f} tok/s); token ppl "
           f"{result.token_perplexity:.3f}, word ppl {result.word_perplexity:.2f}, bpb {result.bits_per_byte:.4f} -> {out}")
 

@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import machine_info  # noqa: E402
+from common import machine_info, portable  # noqa: E402
 
 from ridgeline.corpus import corpus_info, load_corpus  # noqa: E402
 from ridgeline.io import write_json  # noqa: E402
@@ -534,7 +534,7 @@ def main() -> None:
         "machine": machine_info(), "load_avg_at_start": load_at_start,
         "wall_s": time.perf_counter() - t_start,
     }
-    out = write_json(args.out, record)
+    out = write_json(args.out, portable(record))
     print(table(rows))
     print(f"-> {out}  ({record['wall_s']:.0f} s)")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import machine_info  # noqa: E402
+from common import machine_info, portable  # noqa: E402
 
 from ridgeline.corpus import corpus_info, load_corpus  # noqa: E402
 from ridgeline.eval.perplexity import PerplexityConfig, perplexity  # noqa: E402
@@ -157,7 +157,7 @@ def main() -> None:
         record = json.loads(result_path.read_text())
         record["kernels"] = kernel_times()
         record["kernels"]["machine"] = machine_info()
-        write_json(result_path, record)
+        write_json(result_path, portable(record))
         print(json.dumps(record["kernels"]["per_token"], indent=1))
         return
 
@@ -226,7 +226,7 @@ def main() -> None:
         "machine": machine_info(),
     }
     record["kernels"] = kernel_times()
-    out = write_json(result_path, record)
+    out = write_json(result_path, portable(record))
     print(f"targets: {targets}\n-> {out}")
 
 
